@@ -1,0 +1,384 @@
+"""flashpipe's command line: parsing, exit codes, printing. No business logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from pipeline.errors import FlashpipeError, JobBusy, StoreError, UsageError
+from pipeline.spec import JobSpec, load_spec
+
+EPILOG = (
+    "exit codes: 0 done, 2 usage/job file, 3 budget, 4 provider refused, 5 store, 130 interrupted"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flashpipe",
+        description="Push millions of rows through cheap, fast LLM APIs into DuckDB.",
+        epilog=EPILOG,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def db(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--db", help="store file (default: [store] path, $FLASHPIPE_DB, flashpipe.duckdb)"
+        )
+
+    run = sub.add_parser("run", help="run or resume a job file")
+    run.add_argument("job", help="job file (TOML)")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a job-file key"
+    )
+    run.add_argument("--sim", action="store_true", help="start the embedded simulator and use it")
+    run.add_argument("--sim-profile", default="clean", choices=["clean", "realistic", "hostile"])
+    run.add_argument(
+        "--restart", action="store_true", help="discard the job's stored results first"
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    db(run)
+
+    resume = sub.add_parser("resume", help="resume a job from the spec stored in the store")
+    resume.add_argument("name")
+    resume.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    resume.add_argument("--sim", action="store_true")
+    resume.add_argument("--sim-profile", default="clean", choices=["clean", "realistic", "hostile"])
+    resume.add_argument("--quiet", action="store_true")
+    db(resume)
+
+    status = sub.add_parser(
+        "status", help="state, rows by status, rate, spend (works while running)"
+    )
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true")
+    db(status)
+
+    est = sub.add_parser("estimate", help="predict requests, tokens, USD and time from a sample")
+    est.add_argument("job")
+    est.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    est.add_argument("--json", action="store_true")
+
+    cost = sub.add_parser("cost", help="spend by job, model, outcome and token kind")
+    cost.add_argument("name", nargs="?")
+    cost.add_argument("--json", action="store_true")
+    db(cost)
+
+    query = sub.add_parser("query", help="run SQL against the store")
+    query.add_argument("sql")
+    query.add_argument("--json", action="store_true", help="one JSON object per row")
+    db(query)
+
+    results = sub.add_parser("results", help="export a job's results")
+    results.add_argument("name")
+    results.add_argument("--format", choices=["jsonl", "parquet", "csv"], default="jsonl")
+    results.add_argument("-o", "--output", required=True)
+    results.add_argument(
+        "--status", action="append", choices=["ok", "blocked", "failed", "invalid"]
+    )
+    db(results)
+
+    retry = sub.add_parser("retry", help="re-queue a job's rows with these statuses")
+    retry.add_argument("name")
+    retry.add_argument("--status", action="append", choices=["failed", "blocked", "invalid"])
+    db(retry)
+
+    sim = sub.add_parser("sim", help="serve the provider simulator", add_help=False)
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["sim"]:
+        from pipeline.sim import main as sim_main
+
+        return int(sim_main(args_list[1:]))
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    logging.basicConfig(level=os.environ.get("FLASHPIPE_LOG", "WARNING").upper())
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": cmd_run,
+        "resume": cmd_resume,
+        "status": cmd_status,
+        "estimate": cmd_estimate,
+        "cost": cmd_cost,
+        "query": cmd_query,
+        "results": cmd_results,
+        "retry": cmd_retry,
+    }
+    try:
+        return commands[args.command](args)
+    except FlashpipeError as exc:
+        print(f"flashpipe: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("flashpipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("FLASHPIPE_DEBUG"):
+            raise
+        print(
+            f"flashpipe: internal error ({type(exc).__name__}: {exc}); "
+            "set FLASHPIPE_DEBUG=1 for the traceback and please report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
+# -- run / resume -------------------------------------------------------------------------------
+def _anyio_run(fn: Callable[[], Any]) -> Any:
+    import anyio
+
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    return anyio.run(fn, backend="asyncio", backend_options=options)
+
+
+def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
+    from pipeline.engine import run_job
+    from pipeline.progress import ProgressReporter
+    from pipeline.simproc import SimProcess
+    from pipeline.store import resolve_path
+
+    db_path = resolve_path(args.db, spec.store_path)
+    progress = ProgressReporter(quiet=args.quiet)
+    sim: SimProcess | None = None
+    api_key = None
+    if args.sim:
+        sim = SimProcess(["--profile", args.sim_profile]).start()
+        spec = load_spec(
+            document=orjson.loads(spec.raw),
+            overrides=[f'provider.base_url="{sim.base_url(spec.provider.api)}"'],
+        )
+        api_key = sim.key
+    try:
+        summary = _anyio_run(
+            lambda: run_job(spec, db_path, api_key=api_key, restart=restart, progress=progress)
+        )
+    finally:
+        if sim is not None:
+            sim.stop()
+    rows = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rows.items())) or "nothing new"
+    print(
+        f"job {summary.job!r}: {summary.state} - this run stored {rows} in {summary.elapsed_s:.1f} s,"
+        f" {summary.requests:,} requests, ${summary.usd.quantize(_SIX)}"
+    )
+    print(f"results: flashpipe query 'SELECT * FROM {summary.view} LIMIT 10' --db {db_path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.job, args.set)
+    return _execute(spec, args, args.restart)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pipeline.store import Store, resolve_path
+
+    db_path = resolve_path(args.db)
+    store = Store(db_path, read_only=True)
+    try:
+        row = store.job_row(args.name)
+    finally:
+        store.close()
+    if row is None:
+        raise UsageError(f"no job named {args.name!r} in {db_path!r}")
+    doc = orjson.loads(row["spec"])["doc"]
+    spec = load_spec(document=doc, overrides=args.set)
+    args.db = db_path
+    return _execute(spec, args, restart=False)
+
+
+# -- reading the store ------------------------------------------------------------------------
+_SIX = __import__("decimal").Decimal("0.000001")
+
+
+def _open_read(db: str | None) -> Any:
+    from pipeline.store import Store, resolve_path
+
+    return Store(resolve_path(db), read_only=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.engine import status_path
+    from pipeline.reports import status_report
+    from pipeline.store import resolve_path
+
+    db_path = resolve_path(args.db)
+    try:
+        store = _open_read(args.db)
+    except StoreError:
+        snap_file = status_path(db_path)
+        if not snap_file.exists():
+            raise
+        snap = orjson.loads(snap_file.read_bytes())
+        if args.json:
+            print(orjson.dumps({"live": snap}).decode())
+        else:
+            from pipeline.progress import format_line
+
+            print(f"running ({snap.get('runner')}): {format_line(snap)}")
+        return 0
+    try:
+        report = status_report(store, args.name)
+    finally:
+        store.close()
+    if args.json:
+        print(orjson.dumps(report).decode())
+        return 0
+    if not report["jobs"]:
+        print(f"no jobs in {db_path}")
+    for j in report["jobs"]:
+        counts = ", ".join(f"{k} {v:,}" for k, v in sorted(j["by_status"].items())) or "no rows yet"
+        line = f"{j['name']}: {j['state']} | {j['rows']:,} rows ({counts}) | {j['requests']:,} requests"
+        line += (
+            f" | 429s {j['rate_limited']} | ${j['usd']} | rows paid twice {j['rows_paid_twice']}"
+        )
+        if j["message"]:
+            line += f" | {j['message']}"
+        print(line)
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from pipeline.reports import cost_report
+
+    store = _open_read(args.db)
+    try:
+        report = cost_report(store, args.name)
+    finally:
+        store.close()
+    if args.json:
+        print(orjson.dumps(report).decode())
+        return 0
+    for j in report["jobs"]:
+        t = j["tokens"]
+        u = j["usd"]
+        print(
+            f"{j['name']} ({j['model']}): ${u['total']} for {j['requests']:,} requests, {j['rows']:,} rows"
+        )
+        print(
+            f"  tokens: input {t['input']:,}, cached {t['cached']:,}, output {t['output']:,},"
+            f" thinking {t['thinking']:,}"
+        )
+        if "input" in u:
+            print(f"  usd: input ${u['input']}, output+thinking ${u['output']}")
+        bo = u["by_outcome"]
+        print(
+            f"  by outcome: ok ${bo['ok']}, retried ${bo['retried']}, thrown away ${bo['thrown_away']}"
+        )
+        if j["rows_paid_twice"]:
+            print(f"  rows paid twice: {j['rows_paid_twice']}")
+    print(f"total: ${report['total_usd']}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    store = _open_read(args.db)
+    try:
+        table = store.query_arrow(args.sql)
+    finally:
+        store.close()
+    rows = table.to_pylist()
+    if args.json:
+        for r in rows:
+            print(orjson.dumps(r, default=str).decode())
+        return 0
+    print(_format_table(table.column_names, rows))
+    return 0
+
+
+def _format_table(names: list[str], rows: list[dict[str, Any]], limit: int = 200) -> str:
+    cells = [[_cell(r[n]) for n in names] for r in rows[:limit]]
+    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
+    out = [" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
+    out.append("-+-".join("-" * w for w in widths))
+    out += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    if len(rows) > limit:
+        out.append(f"... {len(rows) - limit} more rows (use --json for all)")
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from pipeline.reports import job_names
+    from pipeline.store import view_name
+
+    store = _open_read(args.db)
+    try:
+        job_names(store, args.name)
+        where = ""
+        if args.status:
+            where = " WHERE status IN (" + ", ".join(f"'{s}'" for s in args.status) + ")"
+        table = store.query_arrow(f'SELECT * FROM "{view_name(args.name)}"{where} ORDER BY row_id')
+    finally:
+        store.close()
+    try:
+        if args.format == "parquet":
+            pq.write_table(table, args.output)
+        elif args.format == "csv":
+            flat = table.select(
+                [
+                    c
+                    for c in table.column_names
+                    if not str(table.schema.field(c).type).startswith("list")
+                ]
+            )
+            pacsv.write_csv(flat, args.output)
+        else:
+            with open(args.output, "wb") as fh:
+                for r in table.to_pylist():
+                    fh.write(orjson.dumps(r, default=str) + b"\n")
+    except OSError as exc:
+        raise UsageError(f"-o {args.output}: cannot write ({exc.strerror})") from None
+    print(f"wrote {table.num_rows:,} rows to {args.output}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from pipeline.reports import job_names
+    from pipeline.store import Store, resolve_path
+
+    try:
+        store = Store(resolve_path(args.db))
+    except JobBusy as exc:
+        raise StoreError(str(exc)) from None
+    try:
+        job_names(store, args.name)
+        n = store.requeue(args.name, args.status or ["failed"])
+    finally:
+        store.close()
+    print(f"re-queued {n:,} rows of {args.name!r}; `flashpipe resume {args.name}` sends them")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from pipeline.estimate import estimate, format_estimate
+
+    spec = load_spec(args.job, args.set)
+    report = estimate(spec)
+    print(orjson.dumps(report).decode() if args.json else format_estimate(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

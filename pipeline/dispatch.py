@@ -1,0 +1,344 @@
+"""One work item's life: build the prompt, pass flow control and budget, call, judge, retry.
+
+The engine hands a Dispatcher work items (one row, or a pack of rows) and receives, per call,
+the call record plus any results that became final. Nothing here knows the wire format.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import anyio
+
+from pipeline.budget import Budget
+from pipeline.limits import FlowControl
+from pipeline.pricing import Prices, cost_usd, worst_case_cost
+from pipeline.providers.base import Prompt, Provider, Reply, ReplyKind, Shape
+from pipeline.retry import Action, ErrorClass, RetryPolicy
+from pipeline.sources import Row
+from pipeline.store import CallRecord, ResultRecord, now_utc
+from pipeline.tasks.base import Task, estimate_tokens
+from pipeline.tasks.packing import match_pack, packed_shape, render_pack
+from pipeline.transport import Transport, TransportError
+from pipeline.usage import ZERO, Usage
+
+MAX_OUTPUT_CAP = 65_536
+
+
+class StopDispatch(Exception):
+    """Raised inside a worker when the job as a whole must stop (provider stop or budget)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason  # "provider" | "budget"
+
+
+@dataclass
+class RowState:
+    row: Row
+    max_tokens: int
+    calls: int = 0  # every call that carried this row
+    burned: int = 0  # attempts that count against max_attempts (429s excluded)
+    rate_limited: int = 0
+    usage: Usage = ZERO
+    cost: Decimal = field(default_factory=lambda: Decimal(0))
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    call: CallRecord
+    results: list[ResultRecord]
+
+
+Emit = Callable[[Outcome], Awaitable[None]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        job: str,
+        model: str,
+        task: Task,
+        provider: Provider,
+        transport: Transport,
+        api_key: str,
+        flow: FlowControl,
+        budget: Budget,
+        prices: Prices,
+        policy: RetryPolicy,
+        max_output_tokens: int,
+        run_no: int,
+        in_flight: anyio.CapacityLimiter,
+        stopping: Callable[[], bool],
+        keep: tuple[str, ...] = (),
+        seed: int = 0,
+    ):
+        self.job = job
+        self.model = model
+        self.task = task
+        self.provider = provider
+        self.transport = transport
+        self._headers = provider.headers(api_key)
+        self._url = provider.url()
+        self.flow = flow
+        self.budget = budget
+        self.prices = prices
+        self.policy = policy
+        self.max_output_tokens = max_output_tokens
+        self.in_flight = in_flight
+        self.stopping = stopping
+        self.keep = keep
+        self._run_no = run_no
+        self._calls = 0
+        self._rng = random.Random(seed)
+        self._pack_shape: Shape | None = None
+        self._shape_tokens: dict[int, int] = {}
+        self.latency_ewma = 1.0
+        self.rate_limited = 0
+        self.failures = 0
+
+    # -- prompt building -------------------------------------------------------------------
+    def _prompt(self, group: list[RowState]) -> tuple[Prompt, int]:
+        """The prompt for a group and its estimated total tokens (prompt + expected answer)."""
+        if len(group) == 1:
+            shape = self.task.shape
+            user = self.task.render(group[0].row)
+            max_tokens = group[0].max_tokens
+            expected = self.task.expected_output_tokens(user)
+        else:
+            if self._pack_shape is None:
+                self._pack_shape = packed_shape(self.task)
+            shape = self._pack_shape
+            rows = [s.row for s in group]
+            user = render_pack(self.task, rows)
+            expected = sum(self.task.expected_output_tokens(r.text or "") + 6 for r in rows)
+            max_tokens = min(MAX_OUTPUT_CAP, max(max(s.max_tokens for s in group), expected * 2))
+        fixed = self._shape_tokens.get(id(shape))
+        if fixed is None:
+            fixed = estimate_tokens(shape.system) + estimate_tokens(str(shape.schema)) + 8
+            self._shape_tokens[id(shape)] = fixed
+        prompt_tokens = fixed + estimate_tokens(user)
+        return Prompt(shape, user, max_tokens), prompt_tokens + expected
+
+    # -- the attempt loop ------------------------------------------------------------------
+    async def process(self, rows: list[Row], emit: Emit) -> None:
+        """Run one work item to the end: every row gets a result, or stays pending on stop."""
+        todo: list[list[RowState]] = [[RowState(r, self.max_output_tokens) for r in rows]]
+        while todo:
+            if self.stopping():
+                return
+            group = todo.pop()
+            retry_groups = await self._attempt(group, emit)
+            todo.extend(retry_groups)
+
+    async def _attempt(self, group: list[RowState], emit: Emit) -> list[list[RowState]]:
+        prompt, est_tokens = self._prompt(group)
+        est_prompt = est_tokens - self.task.expected_output_tokens(prompt.user)
+        reserve = worst_case_cost(int(est_prompt * 1.5) + 64, prompt.max_output_tokens, self.prices)
+        if not self.budget.try_reserve(reserve):
+            raise StopDispatch("budget", "budget.max_usd reached")
+        try:
+            await self.flow.acquire(est_tokens)
+            if self.stopping():
+                self.budget.settle(reserve, Decimal(0))
+                return []
+            reply, started, latency = await self._send(prompt)
+        except BaseException:
+            self.budget.settle(reserve, Decimal(0))
+            raise
+        call_cost = cost_usd(reply.usage, self.prices)
+        self.budget.settle(reserve, call_cost)
+        self.flow.settle_tokens(est_tokens, reply.usage.total)
+        for state, share in zip(group, reply.usage.split(len(group)), strict=True):
+            state.calls += 1
+            state.usage = state.usage + share
+            state.cost += cost_usd(share, self.prices)
+        outcome, finals, retry, error = self._judge(group, prompt, reply)
+        self._calls += 1
+        call = CallRecord(
+            call_id=f"{self._run_no}-{self._calls}-{id(group) & 0xFFFF:x}",
+            row_ids=tuple(s.row.id for s in group),
+            attempt=max(s.calls for s in group),
+            started_at=started,
+            latency_ms=latency * 1000,
+            http_status=reply.http_status or None,
+            outcome=outcome,
+            error=error,
+            usage=reply.usage,
+            cost_usd=call_cost,
+            model=self.model,
+            model_version=reply.model_version,
+            response_id=reply.response_id,
+        )
+        await emit(Outcome(call, finals))
+        if outcome == "stopped":
+            raise StopDispatch("provider", error or "the provider refused the job")
+        if retry:
+            delay = max(d for _, d in retry)
+            if delay > 0:
+                await anyio.sleep(delay)
+        return [g for g, _ in retry]
+
+    async def _send(self, prompt: Prompt) -> tuple[Reply, datetime, float]:
+        body = self.provider.encode(prompt)
+        async with self.in_flight:
+            started = now_utc()
+            t0 = time.monotonic()
+            try:
+                resp = await self.transport.post(self._url, self._headers, body)
+            except TransportError as exc:
+                latency = time.monotonic() - t0
+                cls = ErrorClass.TRANSIENT
+                return (
+                    Reply(ReplyKind.ERROR, 0, error_class=cls, error=str(exc)[:300]),
+                    started,
+                    latency,
+                )
+            latency = time.monotonic() - t0
+        self.latency_ewma = 0.9 * self.latency_ewma + 0.1 * latency
+        return self.provider.parse(resp), started, latency
+
+    # -- judging a reply -------------------------------------------------------------------
+    def _final(
+        self, state: RowState, status: str, output: dict[str, Any] | None, error: str | None
+    ) -> ResultRecord:
+        fields = state.row.fields
+        kept = {k: fields.get(k) for k in self.keep} if self.keep else None
+        return ResultRecord(
+            row_id=state.row.id,
+            pos=state.row.pos,
+            status=status,
+            output=output,
+            error=error,
+            attempts=state.calls,
+            usage=state.usage,
+            cost_usd=state.cost,
+            kept=kept,
+            finished_at=now_utc(),
+        )
+
+    def _judge(
+        self, group: list[RowState], prompt: Prompt, reply: Reply
+    ) -> tuple[str, list[ResultRecord], list[tuple[list[RowState], float]], str | None]:
+        """(call outcome, final results, groups to retry with their delay, call error)."""
+        finals: list[ResultRecord] = []
+        retry: list[tuple[list[RowState], float]] = []
+        if reply.kind is ReplyKind.OK:
+            if len(group) == 1:
+                state = group[0]
+                output, error = self.task.parse(reply.text, state.row)
+                if output is not None:
+                    finals.append(self._final(state, "ok", output, None))
+                    return "ok", finals, retry, None
+                self._invalid(state, error or "invalid answer", finals, retry)
+                return "invalid_output", finals, retry, error
+            items = match_pack(self.task, [s.row for s in group], reply.text)
+            bad = 0
+            first_error = None
+            for state, item in zip(group, items, strict=True):
+                if item.output is not None:
+                    finals.append(self._final(state, "ok", item.output, None))
+                else:
+                    bad += 1
+                    first_error = first_error or item.error
+                    self._invalid(state, item.error or "invalid answer", finals, retry)
+            return ("ok" if bad == 0 else "invalid_output"), finals, retry, first_error
+
+        if reply.kind is ReplyKind.BLOCKED:
+            if len(group) == 1:
+                state = group[0]
+                output = {"blocked": True, "block": reply.block or {}}
+                finals.append(self._final(state, "blocked", output, reply.error))
+                return "blocked", finals, retry, reply.error
+            # a pack was blocked as a whole: find the culprit by sending each row alone
+            for state in group:
+                state.burned += 1
+                retry.append(([state], 0.0))
+            return "blocked", finals, retry, reply.error
+
+        if reply.kind is ReplyKind.TRUNCATED:
+            bigger = min(MAX_OUTPUT_CAP, prompt.max_output_tokens * 2)
+            for state in group:
+                state.burned += 1
+                state.max_tokens = max(state.max_tokens, bigger)
+                state.last_error = f"answer cut off at {prompt.max_output_tokens} output tokens"
+            exhausted = [s for s in group if s.burned >= self.policy.max_attempts]
+            for state in exhausted:
+                finals.append(
+                    self._final(state, "failed", None, f"{state.last_error} (MAX_TOKENS)")
+                )
+                self.failures += 1
+            going = [s for s in group if s not in exhausted]
+            if len(going) > 1:
+                half = len(going) // 2
+                retry += [(going[:half], 0.0), (going[half:], 0.0)]
+            elif going:
+                retry.append((going, 0.0))
+            return "truncated", finals, retry, reply.error
+
+        cls = reply.error_class or ErrorClass.TRANSIENT
+        error = reply.error or cls.value
+        if cls is ErrorClass.STOP:
+            return "stopped", finals, retry, error
+        if cls is ErrorClass.RATE_LIMITED:
+            self.rate_limited += 1
+            self.flow.on_rate_limited(reply.retry_after)
+        if cls is ErrorClass.BAD_REQUEST and len(group) > 1:
+            # one row may have caused it: each row alone gets its own verdict
+            for state in group:
+                state.burned += 1
+                retry.append(([state], 0.0))
+            return "failed", finals, retry, error
+        alive: list[RowState] = []
+        delay = 0.0
+        for state in group:
+            if cls is ErrorClass.RATE_LIMITED:
+                state.rate_limited += 1
+            else:
+                state.burned += 1
+            state.last_error = error
+            decision = self.policy.decide(
+                cls, state.burned, state.rate_limited, self._rng, reply.retry_after
+            )
+            if decision.action is Action.RETRY:
+                alive.append(state)
+                delay = max(delay, decision.delay)
+            else:
+                finals.append(self._final(state, "failed", None, _failed_reason(state, error)))
+                self.failures += 1
+        if alive:
+            retry.append((alive, delay))
+        if cls is ErrorClass.RATE_LIMITED:
+            return "rate_limited", finals, retry, error
+        if "timeout" in error:
+            return "timeout", finals, retry, error
+        return ("retried" if alive else "failed"), finals, retry, error
+
+    def _invalid(
+        self,
+        state: RowState,
+        error: str,
+        finals: list[ResultRecord],
+        retry: list[tuple[list[RowState], float]],
+    ) -> None:
+        state.burned += 1
+        state.last_error = error
+        if state.burned >= self.policy.max_attempts:
+            finals.append(self._final(state, "failed", None, f"invalid answer: {error}"))
+            self.failures += 1
+        else:
+            retry.append(([state], 0.0))
+
+
+def _failed_reason(state: RowState, error: str) -> str:
+    if state.rate_limited and state.burned == 0:
+        return f"rate limited {state.rate_limited} times: {error}"
+    return f"after {state.burned} attempts: {error}" if state.burned > 1 else error

@@ -1,0 +1,448 @@
+"""One job run: reader -> bounded stream -> workers -> bounded stream -> one writer.
+
+All stages live in one anyio task group (asyncio backend). The reader skips rows already
+stored (one SQL lookup per input batch), the workers run the Dispatcher, the writer commits
+results and call rows in batched transactions every few hundred rows or 250 ms.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from pipeline.budget import Budget
+from pipeline.dispatch import Dispatcher, Outcome, StopDispatch
+from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.limits import FlowControl
+from pipeline.pricing import resolve_prices
+from pipeline.progress import ProgressReporter, RunStats
+from pipeline.providers.base import Provider
+from pipeline.providers.gemini import GeminiProvider
+from pipeline.providers.openai import OpenAIProvider
+from pipeline.retry import RetryPolicy
+from pipeline.sources import Row, count_rows_fast, read_batches
+from pipeline.spec import JobSpec
+from pipeline.store import ResultRecord, Store, StoreThread, now_utc, runner_id
+from pipeline.tasks import build_task
+from pipeline.tasks.base import Task, estimate_tokens
+from pipeline.tasks.custom import CustomTask
+from pipeline.transport import AiohttpTransport, Transport
+from pipeline.usage import ZERO
+
+log = logging.getLogger("flashpipe")
+
+CONTEXT_TOKENS = 1_048_576
+FLUSH_ROWS = 500
+FLUSH_SECONDS = 0.25
+AUTO_CAP = 1024
+GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    job: str
+    state: str
+    rows: dict[str, int]
+    requests: int
+    usd: Decimal
+    elapsed_s: float
+    view: str
+
+
+def build_provider(spec: JobSpec) -> Provider:
+    p = spec.provider
+    if p.api == "gemini":
+        return GeminiProvider(p.base_url, spec.model, p.thinking, p.temperature)
+    return OpenAIProvider(p.base_url, spec.model, p.thinking, p.temperature)
+
+
+def stored_spec(spec: JobSpec) -> str:
+    return orjson.dumps({"doc": orjson.loads(spec.raw), "_identity": spec.identity()}).decode()
+
+
+def status_path(db_path: str) -> Path:
+    return Path(db_path + ".status.json")
+
+
+class JobRun:
+    """State of one run, shared by the reader, the workers, the writer and the ticker."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        store: StoreThread,
+        transport: Transport,
+        api_key: str,
+        run_no: int,
+        spent_before: Decimal,
+        progress: ProgressReporter,
+        db_path: str,
+    ):
+        self.spec = spec
+        self.store = store
+        self.task: Task = build_task(spec)
+        self.prices = resolve_prices(spec)
+        self.flow = FlowControl(spec.limits.rpm, spec.limits.tpm, time.monotonic)
+        self.budget = Budget(spec.max_usd, spent_before)
+        self.progress = progress
+        self.db_path = db_path
+        conc = spec.limits.concurrency
+        self.auto = conc is None
+        self.workers = conc if conc is not None else AUTO_CAP
+        start = conc if conc is not None else self._auto_target(0.5)
+        self.in_flight = anyio.CapacityLimiter(start)
+        self.stop_reason: str | None = None
+        self.stop_message: str | None = None
+        self.hard_stop = False
+        self.in_progress: dict[str, str] = {}  # row id -> input position, until stored
+        self.stats = RunStats(spec.name, rpm_limit=spec.limits.rpm)
+        self.dispatcher = Dispatcher(
+            job=spec.name,
+            model=spec.model,
+            task=self.task,
+            provider=build_provider(spec),
+            transport=transport,
+            api_key=api_key,
+            flow=self.flow,
+            budget=self.budget,
+            prices=self.prices,
+            policy=RetryPolicy(max_attempts=spec.limits.max_attempts),
+            max_output_tokens=spec.provider.max_output_tokens,
+            run_no=run_no,
+            in_flight=self.in_flight,
+            stopping=self.stopping,
+            keep=spec.input.keep,
+        )
+
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def request_stop(self, reason: str, message: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_message = message
+            log.info("stopping dispatch: %s", message)
+
+    def _auto_target(self, latency: float) -> int:
+        """Little's law: requests in flight = request rate x latency, with headroom."""
+        rpm = self.flow.current_rpm
+        if rpm is None:
+            return 256
+        return max(4, min(AUTO_CAP, math.ceil(rpm / 60 * latency * 1.5) + 4))
+
+    # -- reader ------------------------------------------------------------------------------
+    async def read(
+        self, work: ObjectSendStream[list[Row]], out: ObjectSendStream[Outcome | ResultRecord]
+    ) -> None:
+        spec = self.spec
+        per_request = spec.limits.rows_per_request
+        async with work, out:
+            batches: Iterator[list[Row]] = read_batches(spec.input)
+            pack: list[Row] = []
+            pack_tokens = 0
+            while not self.stopping():
+                batch = await anyio.to_thread.run_sync(next, batches, None)
+                if batch is None:
+                    break
+                stored = await self.store.run(
+                    self.store.store.stored_positions, spec.name, [r.id for r in batch]
+                )
+                for row in batch:
+                    invalid = self._invalid_reason(row, stored)
+                    if invalid is _DONE:
+                        continue
+                    if invalid is not None:
+                        rid = row.pos if invalid.startswith("duplicate") else row.id
+                        await out.send(_invalid_result(rid, row, invalid, spec.input.keep))
+                        continue
+                    self.in_progress[row.id] = row.pos
+                    tokens = estimate_tokens(row.text or "")
+                    if pack and pack_tokens + tokens > 8_000:
+                        await work.send(pack)
+                        pack, pack_tokens = [], 0
+                    pack.append(row)
+                    pack_tokens += tokens
+                    if len(pack) >= per_request:
+                        await work.send(pack)
+                        pack, pack_tokens = [], 0
+                    if self.stopping():
+                        break
+            if pack and not self.stopping():
+                await work.send(pack)
+
+    def _invalid_reason(self, row: Row, stored: dict[str, str | None]) -> str | None:
+        if row.id in stored:
+            first = stored[row.id]
+            if first is None or first == row.pos:
+                return _DONE
+            return f"duplicate id {row.id!r} (first at {first})"
+        if row.id in self.in_progress:
+            return f"duplicate id {row.id!r} (first at {self.in_progress[row.id]})"
+        if row.error is not None:
+            return row.error
+        if isinstance(self.task, CustomTask):
+            missing = self.task.missing_field(row)
+            if missing is not None:
+                return missing
+        tokens = estimate_tokens(row.text or "")
+        if tokens > CONTEXT_TOKENS:
+            return f"{row.pos}: text is about {tokens:,} tokens, over the model's {CONTEXT_TOKENS:,}-token context"
+        return None
+
+    # -- workers -----------------------------------------------------------------------------
+    async def work(
+        self, items: ObjectReceiveStream[list[Row]], out: ObjectSendStream[Outcome | ResultRecord]
+    ) -> None:
+        async def emit(outcome: Outcome) -> None:
+            await out.send(outcome)
+
+        async with items, out:
+            async for rows in items:
+                if self.stopping():
+                    continue
+                try:
+                    await self.dispatcher.process(rows, emit)
+                except StopDispatch as stop:
+                    self.request_stop(stop.reason, str(stop))
+
+    # -- writer ------------------------------------------------------------------------------
+    async def write(self, inbox: ObjectReceiveStream[Outcome | ResultRecord]) -> None:
+        results: list[ResultRecord] = []
+        calls = []
+        last = time.monotonic()
+        async with inbox:
+            while True:
+                closed = False
+                with anyio.move_on_after(FLUSH_SECONDS):
+                    try:
+                        msg = await inbox.receive()
+                    except anyio.EndOfStream:
+                        closed = True
+                    else:
+                        if isinstance(msg, Outcome):
+                            calls.append(msg.call)
+                            results.extend(msg.results)
+                            self._count_call(msg)
+                        else:
+                            results.append(msg)
+                now = time.monotonic()
+                if closed or len(results) >= FLUSH_ROWS or now - last >= FLUSH_SECONDS:
+                    if results or calls:
+                        await self._flush(results, calls)
+                        results, calls = [], []
+                    last = now
+                if closed:
+                    return
+
+    def _count_call(self, outcome: Outcome) -> None:
+        s = self.stats
+        s.requests += 1
+        s.usage = s.usage + outcome.call.usage
+        s.usd += outcome.call.cost_usd
+        if outcome.call.outcome == "rate_limited":
+            s.rate_limited += 1
+
+    async def _flush(self, results: list[ResultRecord], calls: list[Any]) -> None:
+        await self.store.run(self.store.store.write, self.spec.name, results, calls)
+        for r in results:
+            self.stats.count(r.status)
+            if r.status == "failed":
+                self.stats.failures += 1
+            self.in_progress.pop(r.row_id, None)
+
+    # -- ticker: progress, live status snapshot, auto concurrency ---------------------------
+    async def tick(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            self.stats.in_flight = self.in_flight.borrowed_tokens
+            self.stats.rpm_current = self.flow.current_rpm
+            if self.auto:
+                target = self._auto_target(self.dispatcher.latency_ewma)
+                if target != self.in_flight.total_tokens:
+                    self.in_flight.total_tokens = target
+            self.progress.update(self.stats)
+            self.write_snapshot()
+
+    def write_snapshot(self) -> None:
+        snap = self.stats.snapshot(time.monotonic())
+        snap["runner"] = runner_id()
+        snap["updated_at"] = now_utc().isoformat()
+        path = status_path(self.db_path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(snap))
+            os.replace(tmp, path)
+        except OSError:
+            log.debug("cannot write the status snapshot %s", path)
+
+    # -- signals -----------------------------------------------------------------------------
+    async def watch_signals(self, workers: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if self.stop_reason is None or self.stop_reason != "interrupted":
+                    self.stop_reason = "interrupted"
+                    self.stop_message = "interrupted by a signal"
+                    self.progress.update(self.stats, final=True)
+                    # in-flight calls get a short grace period, then are cancelled
+                    workers.deadline = min(workers.deadline, anyio.current_time() + GRACE_SECONDS)
+                else:
+                    self.hard_stop = True
+                    workers.cancel()
+
+
+_DONE = "\x00done"
+
+
+def _invalid_result(row_id: str, row: Row, reason: str, keep: tuple[str, ...]) -> ResultRecord:
+    kept = {k: row.fields.get(k) for k in keep} if keep and row.fields else None
+    return ResultRecord(
+        row_id=row_id,
+        pos=row.pos,
+        status="invalid",
+        output=None,
+        error=reason,
+        attempts=0,
+        usage=ZERO,
+        cost_usd=Decimal(0),
+        kept=kept,
+        finished_at=now_utc(),
+    )
+
+
+async def run_job(
+    spec: JobSpec,
+    db_path: str,
+    *,
+    api_key: str | None = None,
+    restart: bool = False,
+    progress: ProgressReporter | None = None,
+    handle_signals: bool = True,
+) -> RunSummary:
+    """Run (or resume) a job to the end. Raises the FlashpipeError of a stop."""
+    task = build_task(spec)  # validates the task config before anything opens
+    resolve_prices(spec)  # an unknown model without [pricing] stops here, nothing sent
+    key = api_key if api_key is not None else os.environ.get(spec.provider.api_key_env)
+    if not key:
+        raise SpecError(
+            f"provider.api_key_env: the environment variable {spec.provider.api_key_env} is not set "
+            "(export your key, or use --sim)"
+        )
+    rows_total, exact = count_rows_fast(spec.input)
+    store = Store(db_path, for_run=True)
+    thread = StoreThread(store)
+    progress = progress or ProgressReporter(quiet=True)
+    transport = AiohttpTransport(spec.provider.timeout, max_in_flight=AUTO_CAP)
+    started = time.monotonic()
+    run: JobRun | None = None
+    try:
+        if restart:
+            await thread.run(store.drop_job, spec.name)
+        run_no = await thread.run(
+            store.begin_job,
+            spec.name,
+            stored_spec(spec),
+            spec.spec_hash,
+            spec.identity(),
+            spec.task,
+            spec.model,
+        )
+        view = await thread.run(store.create_view, spec.name, task.view_columns(), spec.input.keep)
+        before = await thread.run(store.call_totals, spec.name)
+        done_before = sum((await thread.run(store.status_counts, spec.name)).values())
+        run = JobRun(spec, thread, transport, key, run_no, before["usd"], progress, db_path)
+        run.stats.rows_total = rows_total
+        run.stats.rows_total_exact = exact
+        run.stats.rows_before = done_before
+        await _run_stages(run, handle_signals)
+    finally:
+        await transport.aclose()
+        if run is not None:
+            await _finish(run, thread)
+        thread.close()
+        status_path(db_path).unlink(missing_ok=True)
+    assert run is not None
+    return RunSummary(
+        spec.name,
+        run.stats.state,
+        dict(run.stats.by_status),
+        run.stats.requests,
+        run.stats.usd,
+        time.monotonic() - started,
+        view,
+    )
+
+
+async def _run_stages(run: JobRun, handle_signals: bool) -> None:
+    work_send, work_recv = anyio.create_memory_object_stream[list[Row]](max(16, run.workers))
+    out_send, out_recv = anyio.create_memory_object_stream[Outcome | ResultRecord](4096)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run.write, out_recv)
+        ticker = anyio.CancelScope()
+
+        async def tick() -> None:
+            with ticker:
+                await run.tick()
+
+        tg.start_soon(tick)
+        async with anyio.create_task_group() as stages:
+            workers = stages.cancel_scope
+            if handle_signals:
+                signal_scope = anyio.CancelScope()
+
+                async def signals() -> None:
+                    with signal_scope:
+                        await run.watch_signals(workers)
+
+                tg.start_soon(signals)
+            stages.start_soon(run.read, work_send, out_send.clone())
+            async with anyio.create_task_group() as pool:
+                for _ in range(run.workers):
+                    pool.start_soon(run.work, work_recv.clone(), out_send.clone())
+                work_recv.close()
+                out_send.close()
+        ticker.cancel()
+        if handle_signals:
+            signal_scope.cancel()
+
+
+async def _finish(run: JobRun, thread: StoreThread) -> None:
+    reason = run.stop_reason
+    state = {
+        None: "done",
+        "interrupted": "interrupted",
+        "budget": "budget_exhausted",
+        "provider": "stopped",
+    }.get(reason, "stopped")
+    run.stats.state = state
+    try:
+        await thread.run(
+            thread.store.set_state,
+            run.spec.name,
+            state,
+            run.stop_message,
+            run.stats.rows_before + run.stats.rows_done,
+        )
+    finally:
+        run.progress.update(run.stats, final=True)
+    if reason == "interrupted":
+        raise Interrupted(f"job {run.spec.name!r} interrupted; run it again to resume")
+    if reason == "budget":
+        cap = run.spec.max_usd
+        raise BudgetExhausted(
+            f"job {run.spec.name!r} stopped at its budget (max_usd {cap}, spent "
+            f"${run.budget.spent.quantize(Decimal('0.000001'))}); resume with a higher budget.max_usd"
+        )
+    if reason == "provider":
+        raise ProviderStop(f"job {run.spec.name!r} stopped by the provider: {run.stop_message}")

@@ -1,0 +1,103 @@
+"""`flashpipe estimate`: requests, tokens, USD and wall time from a sample of real rows.
+
+It samples the first rows of the input (Parquet row count from metadata, JSONL extrapolated
+from file size), so it answers in well under a second whatever the input size.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.sources import Row, count_rows_fast, read_batches
+from pipeline.spec import JobSpec
+from pipeline.tasks import build_task
+from pipeline.tasks.base import estimate_tokens
+from pipeline.tasks.packing import packed_shape, render_pack
+from pipeline.usage import Usage
+
+SAMPLE_ROWS = 500
+# thinking tokens per visible output token, by level (minimal thinks not at all)
+THINKING_RATIO = {"minimal": 0.0, "low": 1.0, "medium": 3.0, "high": 8.0}
+
+
+def estimate(spec: JobSpec) -> dict[str, Any]:
+    task = build_task(spec)
+    prices = resolve_prices(spec)
+    total_rows, exact = count_rows_fast(spec.input)
+    sample: list[Row] = []
+    for batch in read_batches(spec.input, batch_rows=SAMPLE_ROWS):
+        sample.extend(r for r in batch if r.valid)
+        if len(sample) >= SAMPLE_ROWS:
+            break
+    sample = sample[:SAMPLE_ROWS]
+    if not sample:
+        return {"job": spec.name, "rows": total_rows, "rows_exact": exact, "sampled": 0, "usd": "0"}
+    per = max(1, spec.limits.rows_per_request)
+    if per == 1:
+        shape = task.shape
+        fixed = estimate_tokens(shape.system) + estimate_tokens(str(shape.schema)) + 8
+        prompt = sum(fixed + estimate_tokens(task.render(r)) for r in sample) / len(sample)
+        output = sum(task.expected_output_tokens(task.render(r)) for r in sample) / len(sample)
+    else:
+        shape = packed_shape(task)
+        fixed = estimate_tokens(shape.system) + estimate_tokens(str(shape.schema)) + 8
+        packs = [sample[i : i + per] for i in range(0, len(sample), per)]
+        prompt = sum(fixed + estimate_tokens(render_pack(task, p)) for p in packs) / len(sample)
+        output = sum(task.expected_output_tokens(r.text or "") + 6 for r in sample) / len(sample)
+    thinking = output * THINKING_RATIO[spec.provider.thinking]
+    requests = math.ceil(total_rows / per)
+    usage = Usage(
+        input=round(prompt * total_rows),
+        output=round(output * total_rows),
+        thinking=round(thinking * total_rows),
+    )
+    usd = cost_usd(usage, prices)
+    rpm = spec.limits.rpm
+    minutes = requests / rpm if rpm else None
+    if spec.limits.tpm and minutes is not None:
+        minutes = max(minutes, (usage.input + usage.cached) / spec.limits.tpm)
+    return {
+        "job": spec.name,
+        "model": spec.model,
+        "rows": total_rows,
+        "rows_exact": exact,
+        "sampled": len(sample),
+        "requests": requests,
+        "tokens": {
+            "input": usage.input,
+            "cached": 0,
+            "output": usage.output,
+            "thinking": usage.thinking,
+        },
+        "usd": str(usd.quantize(Decimal("0.000001"))),
+        "usd_low": str((usd * Decimal("0.8")).quantize(Decimal("0.000001"))),
+        "usd_high": str((usd * Decimal("1.3")).quantize(Decimal("0.000001"))),
+        "minutes_at_limits": round(minutes, 1) if minutes is not None else None,
+        "prices_per_m": {
+            "input": str(prices.input_per_m),
+            "output": str(prices.output_per_m),
+            "source": prices.source,
+        },
+    }
+
+
+def format_estimate(r: dict[str, Any]) -> str:
+    if not r.get("sampled"):
+        return f"{r['job']}: no readable rows to sample"
+    rows = f"{r['rows']:,}" if r["rows_exact"] else f"~{r['rows']:,}"
+    t = r["tokens"]
+    wall = (
+        f"{r['minutes_at_limits']:,} min at the configured limits"
+        if r["minutes_at_limits"] is not None
+        else "no rate limit set"
+    )
+    return (
+        f"{r['job']} ({r['model']}): {rows} rows -> {r['requests']:,} requests\n"
+        f"  tokens: input {t['input']:,}, output {t['output']:,}, thinking {t['thinking']:,}"
+        f" (sampled {r['sampled']} rows)\n"
+        f"  cost: ${r['usd']} (range ${r['usd_low']} - ${r['usd_high']})\n"
+        f"  time: {wall}"
+    )

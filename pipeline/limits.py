@@ -1,0 +1,188 @@
+"""Flow control shared by all workers of a job: RPM/TPM buckets, the cool-down gate, AIMD.
+
+aiolimiter was measured and replaced (README, "Flow control"): it lets a full minute's quota
+through at once, serves small requests before large ones, cannot refund an over-estimate
+and cannot change its rate. This bucket is FIFO, reserve/settle, re-ratable, and takes a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """A token bucket with debt: pure arithmetic over an injected clock (no sleeping here)."""
+
+    def __init__(self, rate: float, burst: float, clock: Clock, *, start_full: bool = False):
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst if start_full else 0.0
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def take(self, amount: float) -> float:
+        """Take `amount` if available and return 0, else return the seconds until it will be.
+
+        An amount larger than the burst goes through once the bucket is full, leaving debt.
+        """
+        self._refill()
+        need = min(amount, self.burst)
+        if self._tokens >= need:
+            self._tokens -= amount
+            return 0.0
+        return (need - self._tokens) / self.rate
+
+    def refund(self, amount: float) -> None:
+        """Give back an over-estimate (or charge an under-estimate when negative)."""
+        self._refill()
+        self._tokens = min(self.burst, self._tokens + amount)
+
+    def set_rate(self, rate: float, burst: float) -> None:
+        self._refill()
+        self.rate = rate
+        self.burst = burst
+        self._tokens = min(self._tokens, burst)
+
+    @property
+    def tokens(self) -> float:
+        self._refill()
+        return self._tokens
+
+
+class FifoLimiter:
+    """Async FIFO front of a TokenBucket: waiters are served strictly in arrival order."""
+
+    def __init__(self, per_minute: float, clock: Clock, *, window: float = 1.0):
+        self.limit = per_minute
+        self._window = window
+        rate = per_minute / 60.0
+        # a bucket of about one second of capacity keeps every 10 s window near rpm/6
+        self.bucket = TokenBucket(rate, max(1.0, rate * window), clock)
+        self._lock = anyio.Lock()
+
+    async def reserve(self, amount: float) -> None:
+        async with self._lock:
+            while True:
+                wait = self.bucket.take(amount)
+                if wait <= 0:
+                    return
+                await anyio.sleep(wait)
+
+    def settle(self, reserved: float, actual: float) -> None:
+        if reserved != actual:
+            self.bucket.refund(reserved - actual)
+
+    def set_per_minute(self, per_minute: float) -> None:
+        rate = per_minute / 60.0
+        self.bucket.set_rate(rate, max(1.0, rate * self._window))
+
+
+@dataclass
+class Aimd:
+    """Multiplicative decrease on 429, additive increase while quiet; never above the limit."""
+
+    limit: float
+    floor_fraction: float = 0.05
+    decrease: float = 0.7
+    increase_fraction: float = 0.05  # of the limit, per quiet interval
+    quiet_interval: float = 5.0
+    current: float = 0.0
+    _last_change: float = -math.inf
+
+    def __post_init__(self) -> None:
+        self.current = self.limit
+
+    def on_rate_limited(self, now: float, cooldown: float) -> bool:
+        """Lower the rate once per cool-down period; True when it changed."""
+        if now - self._last_change < max(1.0, cooldown):
+            return False
+        self.current = max(self.limit * self.floor_fraction, self.current * self.decrease)
+        self._last_change = now
+        return True
+
+    def on_quiet(self, now: float) -> bool:
+        if self.current >= self.limit or now - self._last_change < self.quiet_interval:
+            return False
+        self.current = min(self.limit, self.current + self.limit * self.increase_fraction)
+        self._last_change = now
+        return True
+
+
+class CooldownGate:
+    """Closed by a 429 for the server's delay; every worker waits before its next send."""
+
+    def __init__(self, clock: Clock):
+        self._clock = clock
+        self.closed_until = 0.0
+        self.closures = 0
+
+    def close_for(self, seconds: float) -> None:
+        until = self._clock() + seconds
+        if until > self.closed_until:
+            self.closed_until = until
+            self.closures += 1
+
+    def remaining(self) -> float:
+        return max(0.0, self.closed_until - self._clock())
+
+    async def wait(self) -> None:
+        while (left := self.remaining()) > 0:
+            await anyio.sleep(left)
+
+
+class FlowControl:
+    """The RPM and TPM limiters, the gate and AIMD of one job, shared by all workers."""
+
+    def __init__(self, rpm: int, tpm: int, clock: Clock):
+        self._clock = clock
+        self.requests = FifoLimiter(rpm, clock) if rpm > 0 else None
+        self.tokens = FifoLimiter(tpm, clock) if tpm > 0 else None
+        self.gate = CooldownGate(clock)
+        self.aimd = Aimd(float(rpm)) if rpm > 0 else None
+        self.rate_limited = 0
+
+    async def acquire(self, est_tokens: int) -> None:
+        await self.gate.wait()
+        if self.requests is not None:
+            await self.requests.reserve(1)
+        if self.tokens is not None:
+            await self.tokens.reserve(est_tokens)
+        if (
+            self.aimd is not None
+            and self.requests is not None
+            and self.aimd.on_quiet(self._clock())
+        ):
+            self.requests.set_per_minute(self.aimd.current)
+
+    def settle_tokens(self, est_tokens: int, actual_tokens: int) -> None:
+        if self.tokens is not None:
+            self.tokens.settle(est_tokens, actual_tokens)
+
+    def on_rate_limited(self, delay: float | None) -> None:
+        self.rate_limited += 1
+        cooldown = delay if delay is not None else 2.0
+        self.gate.close_for(cooldown)
+        aimd, requests = self.aimd, self.requests
+        if (
+            aimd is not None
+            and requests is not None
+            and aimd.on_rate_limited(self._clock(), cooldown)
+        ):
+            requests.set_per_minute(aimd.current)
+
+    @property
+    def current_rpm(self) -> float | None:
+        return self.aimd.current if self.aimd is not None else None

@@ -1,0 +1,80 @@
+"""Start the simulator in a child process and point a job at it (`run --sim`, tests, bench).
+
+A separate process keeps the simulator off the engine's core: both get a CPU of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from pipeline.errors import FlashpipeError
+
+SIM_KEY = "sim-key"
+
+
+class SimProcess:
+    """`with SimProcess(["--profile", "hostile"]) as sim: sim.url ...`"""
+
+    def __init__(
+        self, args: Sequence[str] = (), *, key: str = SIM_KEY, startup_timeout: float = 20
+    ):
+        self.args = list(args)
+        self.key = key
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> SimProcess:
+        cmd = [sys.executable, "-m", "pipeline.sim", "--port", "0", "--key", self.key, *self.args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + self.startup_timeout
+        line = b""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if b"listening on" in line:
+                self.url = line.decode().strip().rsplit(" ", 1)[-1]
+                return self
+        self.stop()
+        raise FlashpipeError(
+            f"the simulator did not start: {line.decode(errors='replace').strip()}"
+        )
+
+    def base_url(self, api: str) -> str:
+        return self.url if api == "gemini" else f"{self.url}/v1"
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+        return code
+
+    def __enter__(self) -> SimProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

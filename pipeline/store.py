@@ -1,0 +1,482 @@
+"""DuckDB store: schema, the single writer, the resume anti-join, typed views, reports.
+
+One connection, used from one dedicated thread (DuckDB releases the GIL while it works):
+the event loop hands it work through `StoreThread.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from pipeline.errors import JobBusy, SpecError, StoreError
+from pipeline.tasks.base import ViewColumn, sql_ident, sql_str
+from pipeline.usage import Usage
+
+T = TypeVar("T")
+
+DEFAULT_PATH = "flashpipe.duckdb"
+STATES = ("running", "done", "interrupted", "budget_exhausted", "stopped", "failed")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    name VARCHAR PRIMARY KEY,
+    spec JSON NOT NULL,
+    spec_hash VARCHAR NOT NULL,
+    task VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    message VARCHAR,
+    rows_seen BIGINT DEFAULT 0,
+    runs INTEGER DEFAULT 0,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    runner VARCHAR
+);
+CREATE TABLE IF NOT EXISTS results (
+    job VARCHAR NOT NULL,
+    row_id VARCHAR NOT NULL,
+    pos VARCHAR,
+    status VARCHAR NOT NULL,
+    output JSON,
+    error VARCHAR,
+    attempts INTEGER,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    thinking_tokens BIGINT,
+    cached_tokens BIGINT,
+    cost_usd DECIMAL(38, 12),
+    kept JSON,
+    finished_at TIMESTAMPTZ,
+    UNIQUE (job, row_id)
+);
+CREATE TABLE IF NOT EXISTS calls (
+    job VARCHAR NOT NULL,
+    call_id VARCHAR NOT NULL,
+    row_ids VARCHAR[],
+    attempt INTEGER,
+    started_at TIMESTAMPTZ,
+    latency_ms DOUBLE,
+    http_status INTEGER,
+    outcome VARCHAR,
+    error VARCHAR,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    thinking_tokens BIGINT,
+    cached_tokens BIGINT,
+    cost_usd DECIMAL(38, 12),
+    model VARCHAR,
+    model_version VARCHAR,
+    response_id VARCHAR
+);
+"""
+
+COST = pa.decimal128(38, 12)
+RESULT_SCHEMA = pa.schema(
+    [
+        ("job", pa.string()),
+        ("row_id", pa.string()),
+        ("pos", pa.string()),
+        ("status", pa.string()),
+        ("output", pa.string()),
+        ("error", pa.string()),
+        ("attempts", pa.int32()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("thinking_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("cost_usd", COST),
+        ("kept", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+CALL_SCHEMA = pa.schema(
+    [
+        ("job", pa.string()),
+        ("call_id", pa.string()),
+        ("row_ids", pa.list_(pa.string())),
+        ("attempt", pa.int32()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("latency_ms", pa.float64()),
+        ("http_status", pa.int32()),
+        ("outcome", pa.string()),
+        ("error", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("thinking_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("cost_usd", COST),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("response_id", pa.string()),
+    ]
+)
+_Q = Decimal("0.000000000001")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    row_id: str
+    pos: str
+    status: str  # ok | blocked | failed | invalid
+    output: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    usage: Usage
+    cost_usd: Decimal
+    kept: dict[str, Any] | None
+    finished_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    row_ids: tuple[str, ...]
+    attempt: int
+    started_at: datetime
+    latency_ms: float
+    http_status: int | None
+    outcome: str
+    error: str | None
+    usage: Usage
+    cost_usd: Decimal
+    model: str
+    model_version: str | None
+    response_id: str | None
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def runner_id() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def view_name(job: str) -> str:
+    slug = re.sub(r"[^0-9a-zA-Z]+", "_", job).strip("_").lower() or "job"
+    return f"results_{slug}"
+
+
+def resolve_path(cli_path: str | None, spec_path: str | None = None) -> str:
+    return cli_path or os.environ.get("FLASHPIPE_DB") or spec_path or DEFAULT_PATH
+
+
+def _holder(message: str) -> str:
+    match = re.search(r"PID (\d+)", message)
+    return f"process {match.group(1)}" if match else "another process"
+
+
+class Store:
+    """A DuckDB file holding jobs, results and calls. Use from one thread at a time."""
+
+    def __init__(self, path: str, *, read_only: bool = False, for_run: bool = False):
+        self.path = path
+        if read_only and not Path(path).exists():
+            raise StoreError(f"store {path!r} does not exist; run a job first")
+        try:
+            self.con = duckdb.connect(path, read_only=read_only)
+            if not read_only:
+                self.con.execute(SCHEMA)
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if "lock" in text.lower():
+                who = _holder(text)
+                if for_run:
+                    raise JobBusy(
+                        f"store {path!r} is held by {who}; one runner per store"
+                    ) from None
+                raise StoreError(
+                    f"store {path!r} is busy: {who} is writing to it; "
+                    f"`flashpipe status` reads its live snapshot"
+                ) from None
+            raise StoreError(f"store {path!r} cannot be opened: {text.splitlines()[0]}") from None
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"store {path!r} is unusable: {first}") from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- jobs ---------------------------------------------------------------------------
+    def job_row(self, name: str) -> dict[str, Any] | None:
+        rows = self.con.execute(
+            "SELECT name, spec, spec_hash, task, model, state, message, rows_seen, runs,"
+            " created_at, updated_at, runner FROM jobs WHERE name = ?",
+            [name],
+        ).fetchall()
+        if not rows:
+            return None
+        keys = [
+            "name",
+            "spec",
+            "spec_hash",
+            "task",
+            "model",
+            "state",
+            "message",
+            "rows_seen",
+            "runs",
+            "created_at",
+            "updated_at",
+            "runner",
+        ]
+        return dict(zip(keys, rows[0], strict=True))
+
+    def job_names(self) -> list[str]:
+        return [
+            r[0] for r in self.con.execute("SELECT name FROM jobs ORDER BY created_at").fetchall()
+        ]
+
+    def begin_job(
+        self,
+        name: str,
+        spec_json: str,
+        spec_hash: str,
+        identity: dict[str, Any],
+        task: str,
+        model: str,
+    ) -> int:
+        """Register (or re-open) a job and return its run number; refuse a changed spec."""
+        existing = self.job_row(name)
+        now = now_utc()
+        if existing is None:
+            self.con.execute(
+                "INSERT INTO jobs (name, spec, spec_hash, task, model, state, rows_seen, runs,"
+                " created_at, updated_at, runner) VALUES (?, ?, ?, ?, ?, 'running', 0, 1, ?, ?, ?)",
+                [name, spec_json, spec_hash, task, model, now, now, runner_id()],
+            )
+            return 1
+        if existing["spec_hash"] != spec_hash:
+            old = orjson.loads(existing["spec"]).get("_identity", {})
+            changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            what = ", ".join(changed) or "the job definition"
+            raise SpecError(
+                f"job {name!r} already exists in the store with a different {what}; "
+                "use a new name, or --restart to discard its results"
+            )
+        runs = int(existing["runs"] or 0) + 1
+        self.con.execute(
+            "UPDATE jobs SET state = 'running', message = NULL, runs = ?, updated_at = ?,"
+            " runner = ?, spec = ? WHERE name = ?",
+            [runs, now, runner_id(), spec_json, name],
+        )
+        return runs
+
+    def drop_job(self, name: str) -> None:
+        for table in ("results", "calls"):
+            self.con.execute(f"DELETE FROM {table} WHERE job = ?", [name])
+        self.con.execute("DELETE FROM jobs WHERE name = ?", [name])
+
+    def set_state(self, name: str, state: str, message: str | None, rows_seen: int | None) -> None:
+        self.con.execute(
+            "UPDATE jobs SET state = ?, message = ?, updated_at = ?, runner = NULL,"
+            " rows_seen = coalesce(?, rows_seen) WHERE name = ?",
+            [state, message, now_utc(), rows_seen, name],
+        )
+
+    # -- resume -------------------------------------------------------------------------
+    def stored_positions(self, job: str, row_ids: Sequence[str]) -> dict[str, str | None]:
+        """For the candidate ids already in results: id -> the input position that stored it."""
+        cand = pa.table({"row_id": pa.array(row_ids, pa.string())})
+        self.con.register("_cand", cand)
+        try:
+            rows = self.con.execute(
+                "SELECT r.row_id, r.pos FROM results r SEMI JOIN _cand c ON r.row_id = c.row_id"
+                " WHERE r.job = ?",
+                [job],
+            ).fetchall()
+        finally:
+            self.con.unregister("_cand")
+        return {r[0]: r[1] for r in rows}
+
+    # -- the single writer ---------------------------------------------------------------
+    def write(self, job: str, results: Sequence[ResultRecord], calls: Sequence[CallRecord]) -> None:
+        """Store results and calls in one transaction; a row stored before keeps its result."""
+        if not results and not calls:
+            return
+        try:
+            self.con.execute("BEGIN TRANSACTION")
+            if calls:
+                self.con.register("_calls", _calls_table(job, calls))
+                self.con.execute("INSERT INTO calls SELECT * FROM _calls")
+                self.con.unregister("_calls")
+            if results:
+                self.con.register("_results", _results_table(job, results))
+                self.con.execute(
+                    "INSERT INTO results SELECT * FROM _results ON CONFLICT DO NOTHING"
+                )
+                self.con.unregister("_results")
+            self.con.execute("COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"store {self.path!r}: cannot write results: {first}") from None
+
+    def requeue(self, job: str, statuses: Sequence[str]) -> int:
+        count = self.con.execute(
+            "SELECT count(*) FROM results WHERE job = ? AND list_contains(?, status)",
+            [job, list(statuses)],
+        ).fetchall()[0][0]
+        self.con.execute(
+            "DELETE FROM results WHERE job = ? AND list_contains(?, status)", [job, list(statuses)]
+        )
+        return int(count)
+
+    # -- views and reports ---------------------------------------------------------------
+    def create_view(self, job: str, columns: Sequence[ViewColumn], keep: Sequence[str]) -> str:
+        name = view_name(job)
+        cols = ["r.row_id", "r.status", "r.error"]
+        cols += [f"{c.sql} AS {sql_ident(c.name)}" for c in columns]
+        taken = {c.name for c in columns} | {"row_id", "status", "error", "cost_usd", "attempts"}
+        cols += [
+            f"json_extract_string(r.kept, {sql_str('$.' + k)}) AS {sql_ident(k)}"
+            for k in keep
+            if k not in taken
+        ]
+        cols += ["r.attempts", "r.cost_usd", "r.output", "r.finished_at"]
+        self.con.execute(
+            f"CREATE OR REPLACE VIEW {sql_ident(name)} AS SELECT {', '.join(cols)} "
+            f"FROM results r WHERE r.job = {sql_str(job)}"
+        )
+        return name
+
+    def status_counts(self, job: str) -> dict[str, int]:
+        rows = self.con.execute(
+            "SELECT status, count(*) FROM results WHERE job = ? GROUP BY status", [job]
+        ).fetchall()
+        return {str(s): int(n) for s, n in rows}
+
+    def rows_paid_twice(self, job: str) -> int:
+        """Rows whose answer was received (and billed) more than once, e.g. lost in a kill."""
+        return int(
+            self.con.execute(
+                "SELECT count(*) FROM (SELECT unnest(row_ids) AS rid FROM calls"
+                " WHERE job = ? AND outcome IN ('ok', 'blocked') GROUP BY ALL"
+                " HAVING count(*) > 1)",
+                [job],
+            ).fetchall()[0][0]
+        )
+
+    def call_totals(self, job: str) -> dict[str, Any]:
+        row = self.con.execute(
+            "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(cached_tokens), 0),"
+            " coalesce(sum(output_tokens), 0), coalesce(sum(thinking_tokens), 0),"
+            " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE outcome = 'rate_limited'),"
+            " min(started_at), max(started_at) FROM calls WHERE job = ?",
+            [job],
+        ).fetchall()[0]
+        return {
+            "requests": int(row[0]),
+            "tokens": {
+                "input": int(row[1]),
+                "cached": int(row[2]),
+                "output": int(row[3]),
+                "thinking": int(row[4]),
+            },
+            "usd": Decimal(row[5]),
+            "rate_limited": int(row[6]),
+            "first": row[7],
+            "last": row[8],
+        }
+
+    def cost_by_outcome(self, job: str) -> dict[str, Decimal]:
+        """ok: calls whose answers were stored as final; retried: attempts that were re-sent;
+        thrown_away: everything else that was billed (failed, blocked rows' attempts)."""
+        rows = self.con.execute(
+            "SELECT CASE WHEN outcome = 'ok' THEN 'ok'"
+            " WHEN outcome IN ('retried', 'invalid_output', 'truncated') THEN 'retried'"
+            " ELSE 'thrown_away' END, coalesce(sum(cost_usd), 0) FROM calls WHERE job = ?"
+            " GROUP BY 1",
+            [job],
+        ).fetchall()
+        out = {"ok": Decimal(0), "retried": Decimal(0), "thrown_away": Decimal(0)}
+        for k, v in rows:
+            out[str(k)] = Decimal(v)
+        return out
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        try:
+            return self.con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SpecError(f"query failed: {first}") from None
+
+
+def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
+    return pa.table(
+        {
+            "job": [job] * len(records),
+            "row_id": [r.row_id for r in records],
+            "pos": [r.pos for r in records],
+            "status": [r.status for r in records],
+            "output": [
+                orjson.dumps(r.output).decode() if r.output is not None else None for r in records
+            ],
+            "error": [r.error for r in records],
+            "attempts": [r.attempts for r in records],
+            "input_tokens": [r.usage.input for r in records],
+            "output_tokens": [r.usage.output for r in records],
+            "thinking_tokens": [r.usage.thinking for r in records],
+            "cached_tokens": [r.usage.cached for r in records],
+            "cost_usd": [r.cost_usd.quantize(_Q) for r in records],
+            "kept": [orjson.dumps(r.kept).decode() if r.kept else None for r in records],
+            "finished_at": [r.finished_at for r in records],
+        },
+        schema=RESULT_SCHEMA,
+    )
+
+
+def _calls_table(job: str, records: Sequence[CallRecord]) -> pa.Table:
+    return pa.table(
+        {
+            "job": [job] * len(records),
+            "call_id": [c.call_id for c in records],
+            "row_ids": [list(c.row_ids) for c in records],
+            "attempt": [c.attempt for c in records],
+            "started_at": [c.started_at for c in records],
+            "latency_ms": [c.latency_ms for c in records],
+            "http_status": [c.http_status for c in records],
+            "outcome": [c.outcome for c in records],
+            "error": [c.error for c in records],
+            "input_tokens": [c.usage.input for c in records],
+            "output_tokens": [c.usage.output for c in records],
+            "thinking_tokens": [c.usage.thinking for c in records],
+            "cached_tokens": [c.usage.cached for c in records],
+            "cost_usd": [c.cost_usd.quantize(_Q) for c in records],
+            "model": [c.model for c in records],
+            "model_version": [c.model_version for c in records],
+            "response_id": [c.response_id for c in records],
+        },
+        schema=CALL_SCHEMA,
+    )
+
+
+class StoreThread:
+    """Runs every store call on one dedicated thread, so the event loop never blocks on DuckDB."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flashpipe-store")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.store.close()

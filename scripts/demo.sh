@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# make demo: every job in jobs/ against the embedded simulator, then status, cost and queries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FP=.venv/bin/flashpipe
+export FLASHPIPE_DB=demo.duckdb
+for job in jobs/*.toml; do
+  echo "== flashpipe run $job --sim"
+  "$FP" run "$job" --sim --quiet
+done
+echo
+echo "== flashpipe status"
+"$FP" status
+echo
+echo "== flashpipe cost"
+"$FP" cost
+echo
+echo "== SELECT label, count(*) FROM results_tickets_demo GROUP BY label"
+"$FP" query "SELECT label, count(*) AS n FROM results_tickets_demo GROUP BY label ORDER BY n DESC"
+echo
+echo "== SELECT flagged, count(*) FROM results_comments_demo GROUP BY flagged"
+"$FP" query "SELECT flagged, count(*) AS n FROM results_comments_demo GROUP BY flagged ORDER BY flagged"
+echo
+echo "== a second run sends nothing: the store already has every row"
+"$FP" run jobs/classify_tickets.toml --sim --quiet

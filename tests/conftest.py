@@ -1,0 +1,110 @@
+"""Shared fixtures: the simulator over loopback, job specs, input files, a store in tmp_path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.simproc import SimProcess
+from pipeline.spec import JobSpec, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "tests" / "fixtures" / "reference"  # copied from the shared recordings
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
+    started: list[SimProcess] = []
+
+    def make(*args: str, ledger: bool = True) -> SimProcess:
+        extra = list(args)
+        if ledger:
+            extra += ["--ledger", str(tmp_path / f"ledger{len(started)}.jsonl")]
+        sim = SimProcess(extra).start()
+        sim.ledger = tmp_path / f"ledger{len(started)}.jsonl" if ledger else None  # type: ignore[attr-defined]
+        started.append(sim)
+        return sim
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def sim(sim_factory: Callable[..., SimProcess]) -> SimProcess:
+    return sim_factory()
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    with path.open("wb") as fh:
+        for r in rows:
+            fh.write(r if isinstance(r, bytes) else orjson.dumps(r))
+            fh.write(b"\n")
+    return path
+
+
+def ticket_rows(n: int) -> list[dict[str, Any]]:
+    texts = [
+        "I was charged twice on my last invoice, please refund",
+        "The app crashes with an error when I export",
+        "I cannot login, password reset email never arrives",
+        "Please add dark mode, would love that feature",
+        "What are your opening hours?",
+    ]
+    return [{"id": f"T-{i:05d}", "text": f"{texts[i % 5]} (#{i})", "lang": "en"} for i in range(n)]
+
+
+def make_spec(
+    sim: SimProcess | None,
+    input_path: Path,
+    *,
+    api: str = "gemini",
+    task: str = "classify",
+    name: str = "t",
+    extra: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> JobSpec:
+    doc: dict[str, Any] = {
+        "name": name,
+        "task": task,
+        "model": "gemini-3.1-flash-lite-preview",
+        "input": {"path": str(input_path), "id": "id", "keep": ["lang"]},
+        "provider": {
+            "api": api,
+            "base_url": sim.base_url(api) if sim is not None else "http://127.0.0.1:9",
+            "timeout": {"connect": 2, "read": 5, "total": 10},
+        },
+        "limits": {"rpm": 0, "tpm": 0, "concurrency": 16, "max_attempts": 4},
+    }
+    if task == "classify":
+        doc["classify"] = {"labels": ["billing", "bug", "account", "feature_request", "other"]}
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(doc.get(k), dict):
+            doc[k].update(v)
+        else:
+            doc[k] = v
+    return load_spec(document=doc, overrides=overrides or [])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=ROOT,
+    )
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

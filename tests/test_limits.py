@@ -1,0 +1,92 @@
+"""The limiter, gate and AIMD with a fake clock: no sockets, no real sleeping."""
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.limits import Aimd, TokenBucket
+from pipeline.retry import Action, ErrorClass, RetryPolicy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def drain(bucket: TokenBucket, clock: Clock, seconds: float, step: float = 0.001) -> int:
+    """Take 1 token whenever the bucket allows, for `seconds`; count what passed."""
+    passed = 0
+    end = clock.t + seconds
+    while clock.t < end:
+        wait = bucket.take(1)
+        if wait <= 0:
+            passed += 1
+        else:
+            clock.t += max(step, wait)
+    return passed
+
+
+def test_rpm_bucket_never_passes_a_minute_at_once() -> None:
+    clock = Clock()
+    rate = 600 / 60
+    bucket = TokenBucket(rate, rate * 1.0, clock)
+    first_second = drain(bucket, clock, 1.0)
+    assert first_second <= 11  # aiolimiter(600, 60) passes 609 here
+    ten = drain(bucket, clock, 9.0) + first_second
+    assert 90 <= ten <= 110
+
+
+@given(st.lists(st.integers(min_value=1, max_value=900), min_size=1, max_size=40))
+def test_bucket_long_run_rate_is_bounded(amounts: list[int]) -> None:
+    clock = Clock()
+    bucket = TokenBucket(1000, 1000, clock)
+    for a in amounts:
+        while (wait := bucket.take(a)) > 0:
+            clock.t += wait
+    # debt allowed for one oversize request at most: total <= burst + rate * elapsed + max item
+    assert sum(amounts) <= 1000 + 1000 * clock.t + max(amounts)
+
+
+def test_refund_makes_room_at_once() -> None:
+    clock = Clock()
+    bucket = TokenBucket(100, 1000, clock, start_full=True)
+    assert bucket.take(900) == 0
+    assert bucket.take(800) > 0
+    bucket.refund(800)  # the call used 100 of the 900 reserved
+    assert bucket.take(800) == 0
+
+
+def test_aimd_lowers_on_429_and_climbs_back_never_above_limit() -> None:
+    aimd = Aimd(600.0)
+    assert aimd.on_rate_limited(now=10.0, cooldown=5.0)
+    assert aimd.current == 600 * 0.7
+    assert not aimd.on_rate_limited(now=11.0, cooldown=5.0)  # once per cool-down
+    t = 20.0
+    for _ in range(100):
+        t += 5.0
+        aimd.on_quiet(t)
+    assert aimd.current == 600.0
+
+
+def test_retry_policy_classes() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    rng = random.Random(1)
+    assert policy.decide(ErrorClass.STOP, 1, 0, rng).action is Action.STOP
+    assert policy.decide(ErrorClass.BLOCKED, 1, 0, rng).action is Action.BLOCK
+    assert policy.decide(ErrorClass.BAD_REQUEST, 1, 0, rng).action is Action.FAIL
+    assert policy.decide(ErrorClass.TRANSIENT, 2, 0, rng).action is Action.RETRY
+    assert policy.decide(ErrorClass.TRANSIENT, 3, 0, rng).action is Action.FAIL
+    # 429s do not burn attempts
+    assert policy.decide(ErrorClass.RATE_LIMITED, 3, 10, rng).action is Action.RETRY
+
+
+@given(st.integers(min_value=1, max_value=30), st.integers(min_value=0, max_value=2**32))
+def test_backoff_is_capped_and_grows(attempt: int, seed: int) -> None:
+    policy = RetryPolicy()
+    d = policy.backoff(attempt, random.Random(seed))
+    assert 0 < d <= policy.max_delay
+    assert d >= min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1)) / 2
