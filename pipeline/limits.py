@@ -16,6 +16,9 @@ import anyio
 Clock = Callable[[], float]
 
 
+_EPSILON = 1e-9
+
+
 class TokenBucket:
     """A token bucket with debt: pure arithmetic over an injected clock (no sleeping here)."""
 
@@ -40,7 +43,7 @@ class TokenBucket:
         """
         self._refill()
         need = min(amount, self.burst)
-        if self._tokens >= need:
+        if self._tokens >= need - _EPSILON:  # float rounding must not leave a 1e-16 s wait
             self._tokens -= amount
             return 0.0
         return (need - self._tokens) / self.rate

@@ -92,7 +92,9 @@ def make_spec(
     return load_spec(document=doc, overrides=overrides or [])
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     import os
 
     full_env = dict(os.environ, **(env or {}))

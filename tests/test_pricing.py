@@ -3,7 +3,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.pricing import PRICE_TABLE, cost_usd, endpoint_kind, canonical_model
+from pipeline.pricing import PRICE_TABLE, canonical_model, cost_usd, endpoint_kind
 from pipeline.usage import Usage
 
 FLASH_LITE = PRICE_TABLE[("gemini-3.1-flash-lite-preview", "gemini")]
@@ -38,7 +38,12 @@ def test_cost_is_exact_to_the_picodollar(u: Usage) -> None:
 
 
 def test_gateway_prefix_resolves_to_the_model() -> None:
-    assert canonical_model("google/gemini-3.1-flash-lite-preview") == "gemini-3.1-flash-lite-preview"
+    assert (
+        canonical_model("google/gemini-3.1-flash-lite-preview") == "gemini-3.1-flash-lite-preview"
+    )
     assert endpoint_kind("openai", "https://api.cometapi.com/v1") == "gateway"
-    assert endpoint_kind("openai", "https://generativelanguage.googleapis.com/v1beta/openai") == "gemini"
+    assert (
+        endpoint_kind("openai", "https://generativelanguage.googleapis.com/v1beta/openai")
+        == "gemini"
+    )
     assert endpoint_kind("openai", "https://api.openai.com/v1") == "openai"

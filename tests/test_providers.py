@@ -21,7 +21,9 @@ OPENAI = REFERENCE / "openai-recorded"
 def replay(path: Path) -> HttpResponse:
     fx = json.loads(path.read_text())
     body = fx.get("body_text") or json.dumps(fx["body"])
-    return HttpResponse(fx["status"], {k.lower(): v for k, v in (fx.get("headers") or {}).items()}, body.encode())
+    return HttpResponse(
+        fx["status"], {k.lower(): v for k, v in (fx.get("headers") or {}).items()}, body.encode()
+    )
 
 
 gemini = GeminiProvider("http://x", "gemini-3.1-flash-lite-preview", "minimal", 0.0)
@@ -38,7 +40,10 @@ openai = OpenAIProvider("http://x/v1", "gpt-5.3-chat-latest", "minimal", 0.0)
         ("error.429.free-tier.per-day-requests.gemini-2.5-flash.json", ErrorClass.STOP),
         ("error.429.multiple-violations.gemini-2.0-flash.json", ErrorClass.STOP),
         ("error.429.free-tier.per-minute-requests.gemini-3.6-flash.json", ErrorClass.RATE_LIMITED),
-        ("error.429.paid-tier.per-minute-input-tokens.gemini-3.1-pro.json", ErrorClass.RATE_LIMITED),
+        (
+            "error.429.paid-tier.per-minute-input-tokens.gemini-3.1-pro.json",
+            ErrorClass.RATE_LIMITED,
+        ),
         ("error.429.resource-exhausted.no-details.json", ErrorClass.RATE_LIMITED),
         ("error.400.invalid-argument.generic.json", ErrorClass.BAD_REQUEST),
         ("error.400.invalid-argument.schema-field-violations.json", ErrorClass.BAD_REQUEST),
@@ -55,7 +60,9 @@ def test_gemini_errors_are_classified_once(name: str, cls: ErrorClass) -> None:
 
 
 def test_gemini_per_minute_429_carries_retry_delay_from_the_body() -> None:
-    reply = gemini.parse(replay(GEMINI / "error.429.free-tier.per-minute-requests.gemini-3.6-flash.json"))
+    reply = gemini.parse(
+        replay(GEMINI / "error.429.free-tier.per-minute-requests.gemini-3.6-flash.json")
+    )
     assert reply.retry_after is not None and reply.retry_after > 0
 
 
@@ -63,9 +70,13 @@ def test_gemini_usage_thinking_and_cache() -> None:
     r = gemini.parse(replay(GEMINI / "generate_content.200.thinking.gemini-3-flash-preview.json"))
     assert r.kind is ReplyKind.OK
     assert (r.usage.input, r.usage.output, r.usage.thinking) == (34, 418, 438)
-    fx = json.loads((GEMINI / "generate_content.200.implicit-cache-hit.gemini-2.5-flash.json").read_text())
+    fx = json.loads(
+        (GEMINI / "generate_content.200.implicit-cache-hit.gemini-2.5-flash.json").read_text()
+    )
     meta = fx["body"]["usageMetadata"]
-    r = gemini.parse(replay(GEMINI / "generate_content.200.implicit-cache-hit.gemini-2.5-flash.json"))
+    r = gemini.parse(
+        replay(GEMINI / "generate_content.200.implicit-cache-hit.gemini-2.5-flash.json")
+    )
     assert r.usage.cached == meta["cachedContentTokenCount"]
     assert r.usage.input + r.usage.cached == meta["promptTokenCount"]
 
@@ -120,8 +131,13 @@ def test_durations() -> None:
 
 
 def test_gemini_request_matches_what_the_sdk_sends() -> None:
-    caps = [json.loads(line) for line in (REFERENCE / "sdk-request-captures.jsonl").read_text().splitlines()]
-    sdk = next(c for c in caps if c["call"].startswith("models.generate_content:response_json_schema_dict"))
+    caps = [
+        json.loads(line)
+        for line in (REFERENCE / "sdk-request-captures.jsonl").read_text().splitlines()
+    ]
+    sdk = next(
+        c for c in caps if c["call"].startswith("models.generate_content:response_json_schema_dict")
+    )
     shape = Shape("t", "be brief", {"type": "object", "properties": {"a": {"type": "string"}}})
     body = orjson.loads(gemini.encode(Prompt(shape, "hello", 64)))
     assert set(body) <= set(sdk["body"]) | {"systemInstruction"}
@@ -133,6 +149,9 @@ def test_gemini_request_matches_what_the_sdk_sends() -> None:
 def test_openai_request_shape() -> None:
     shape = Shape("t", "sys", {"type": "object"})
     body = orjson.loads(openai.encode(Prompt(shape, "hi", 32)))
-    assert body["messages"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    assert body["messages"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "hi"},
+    ]
     assert body["response_format"]["json_schema"]["strict"] is True
     assert body["max_completion_tokens"] == 32

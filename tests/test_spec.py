@@ -62,7 +62,9 @@ def test_bad_job_file_names_the_key(tmp_path: Path, edit: tuple[str, str], key: 
         (('labels = ["a", "b"]', "labels = []"), "classify.labels"),
     ],
 )
-def test_run_with_bad_job_file_exits_2_with_one_line(tmp_path: Path, edit: tuple[str, str], key: str) -> None:
+def test_run_with_bad_job_file_exits_2_with_one_line(
+    tmp_path: Path, edit: tuple[str, str], key: str
+) -> None:
     job = write(tmp_path, GOOD.replace(*edit))
     proc = run_cli("run", str(job), "--db", str(tmp_path / "s.duckdb"))
     assert proc.returncode == 2
@@ -72,7 +74,9 @@ def test_run_with_bad_job_file_exits_2_with_one_line(tmp_path: Path, edit: tuple
 
 
 def test_unknown_model_without_pricing_is_refused_before_sending(tmp_path: Path) -> None:
-    job = write(tmp_path, GOOD.replace('task = "classify"', 'task = "classify"\nmodel = "mystery-9"'))
+    job = write(
+        tmp_path, GOOD.replace('task = "classify"', 'task = "classify"\nmodel = "mystery-9"')
+    )
     proc = run_cli("run", str(job), "--db", str(tmp_path / "s.duckdb"), env={"GEMINI_API_KEY": "k"})
     assert proc.returncode == 2
     assert "pricing" in proc.stderr and "mystery-9" in proc.stderr

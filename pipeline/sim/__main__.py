@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.sim.cli import main
+
+sys.exit(main())

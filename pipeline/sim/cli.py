@@ -1,0 +1,93 @@
+"""Command line: parse the flags, bind, print the listening line, serve until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from aiohttp import web
+
+from pipeline.sim.faults import PROFILES, parse_rate
+from pipeline.sim.server import Config, Sim
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    p = argparse.ArgumentParser(prog="flashpipe sim", description="Serve the provider simulator.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--profile", default="clean", choices=sorted(PROFILES))
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--key", default="sim-key", help="the only API key accepted")
+    p.add_argument("--latency-ms", type=float, default=None)
+    p.add_argument("--rpm", type=int, default=None)
+    p.add_argument("--tpm", type=int, default=None)
+    p.add_argument("--rpd", type=int, default=None)
+    p.add_argument("--ledger", default=None, help="append one JSON line per request")
+    p.add_argument("--fault", action="append", default=[], metavar="NAME=RATE")
+    p.add_argument("--hang-seconds", type=float, default=30.0)
+    p.add_argument("--cache-min-tokens", type=int, default=1024)
+    a = p.parse_args(argv)
+    try:
+        faults = dict(parse_rate(f) for f in a.fault)
+    except ValueError as e:
+        p.error(str(e))
+    return Config(
+        host=a.host,
+        port=a.port,
+        profile=a.profile,
+        seed=a.seed,
+        key=a.key,
+        latency_ms=a.latency_ms,
+        rpm=a.rpm,
+        tpm=a.tpm,
+        rpd=a.rpd,
+        ledger=a.ledger,
+        faults=faults,
+        hang_seconds=a.hang_seconds,
+        cache_min_tokens=a.cache_min_tokens,
+    )
+
+
+async def serve(cfg: Config) -> int:
+    sim = Sim(cfg)
+    runner = web.AppRunner(
+        sim.app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, backlog=2048)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    sim.ledger.start()
+    port = runner.addresses[0][1]
+    sys.stdout.write(f"flashpipe-sim listening on http://{cfg.host}:{port}\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await sim.ledger.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    # a plain loop, not asyncio.run: its own SIGINT handling would turn SIGINT into an error
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(serve(cfg))
+    finally:
+        loop.close()

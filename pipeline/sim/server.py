@@ -1,0 +1,410 @@
+"""The aiohttp app: routing, auth, quota, faults, latency, rendering and the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from pipeline.sim import chat, core, envelopes, gemini, model
+from pipeline.sim.core import BadRequest, Req, Result
+from pipeline.sim.faults import PROFILES, Picker
+from pipeline.sim.ledger import Ledger
+from pipeline.sim.quota import Quota
+
+GOOGLE_JSON = {"Content-Type": "application/json; charset=UTF-8"}
+OPENAI_JSON = {"Content-Type": "application/json"}
+SSE = "text/event-stream"
+ERRORS = {"429", "429-day", "400", "403", "404", "500", "503", "504", "insufficient_quota"}
+ON_GEMINI = {"refusal": "safety", "content_filter": "safety", "insufficient_quota": "429-day"}
+ON_OPENAI = {"safety": "content_filter", "prohibited": "content_filter"}
+ON_OPENAI |= {"prompt_blocked": "content_filter"}
+ON_COMPAT = ON_OPENAI | {"insufficient_quota": "429-day"}
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 0
+    profile: str = "clean"
+    seed: int = 7
+    key: str = "sim-key"
+    latency_ms: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    ledger: str | None = None
+    faults: dict[str, float] = field(default_factory=dict)
+    hang_seconds: float = 30.0
+    cache_min_tokens: int = 1024
+
+
+class Sim:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        rates = dict(PROFILES[cfg.profile])
+        rates.update(cfg.faults)
+        self.picker = Picker(rates, cfg.seed)
+        self.jitter = random.Random(cfg.seed + 1)
+        latency = cfg.latency_ms
+        if latency is None:
+            latency = 0 if cfg.profile == "clean" else 20
+        self.latency = latency / 1000
+        self.quota = Quota(cfg.rpm, cfg.tpm, cfg.rpd)
+        self.ledger = Ledger(cfg.ledger)
+        self.logging = cfg.ledger is not None
+        self.cache: set[tuple[str, str, int]] = set()
+        self.counter = itertools.count(1)
+        salt = f"{cfg.seed}:{time.time_ns()}:{os.getpid()}".encode()
+        digest = hashlib.blake2b(salt, digest_size=9).digest()
+        self.id_prefix = base64.urlsafe_b64encode(digest).decode()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        r = app.router
+        r.add_post("/v1/chat/completions", self.openai)
+        r.add_post("/v1beta/openai/chat/completions", self.compat)
+        for v in ("v1beta", "v1"):
+            r.add_post(f"/{v}/models/{{call}}", self.gemini)
+            r.add_get(f"/{v}/models", self.list_models)
+            r.add_get(f"/{v}/models/{{name}}", self.get_model)
+        return app
+
+    def response_id(self) -> str:
+        return f"{self.id_prefix}{next(self.counter):010x}"
+
+    def log(
+        self,
+        req: Req,
+        status: int,
+        fault: str | None,
+        result: Result | None = None,
+        rid: str | None = None,
+    ) -> None:
+        if not self.logging:
+            return
+        items = 1
+        if req.schema is not None and req.schema.packed_item is not None:
+            unpacked = model.unpack(req.user)
+            items = len(unpacked) if unpacked is not None else 1
+        billed = result is not None
+        self.ledger.record(
+            {
+                "t": time.time(),
+                "api": req.api,
+                "path": req.path,
+                "model": req.model,
+                "status": status,
+                "fault": fault,
+                "billed": billed,
+                "usage": {
+                    "prompt": result.prompt if result else 0,
+                    "cached": result.cached if result else 0,
+                    "output": result.output if result else 0,
+                    "thinking": result.thinking if result else 0,
+                },
+                "items": items,
+                "response_id": rid,
+                "text_hash": hashlib.blake2b(req.user.encode(), digest_size=8).hexdigest(),
+            }
+        )
+
+    def error(
+        self, api: str, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        if api == "openai-compat":
+            body = [body]  # Gemini's OpenAI-compatible endpoint wraps errors in a list
+        base = OPENAI_JSON if api == "openai" else GOOGLE_JSON
+        return web.Response(
+            body=orjson.dumps(body), status=status, headers={**base, **(headers or {})}
+        )
+
+    def bad_request(self, api: str, e: BadRequest) -> web.Response:
+        if api == "openai":
+            body = envelopes.openai(e.message, "invalid_request_error", e.code, e.field)
+            return self.error(api, 400, body)
+        if e.violations:
+            return self.error(api, 400, envelopes.field_violations(e.violations))
+        return self.error(api, 400, envelopes.invalid_argument(e.message))
+
+    # --- Gemini ------------------------------------------------------------------------------
+
+    async def gemini(self, request: web.Request) -> web.StreamResponse:
+        version = request.path.split("/", 2)[1]
+        model_id, _, method = request.match_info["call"].partition(":")
+        api = "gemini"
+        if method not in ("generateContent", "streamGenerateContent", "countTokens"):
+            return self.error(api, 404, envelopes.google(404, "NOT_FOUND", "Method not found."))
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key:
+            return self.error(api, 403, envelopes.unregistered())
+        if key != self.cfg.key:
+            return self.error(api, 400, envelopes.api_key_invalid())
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as e:
+            return self.error(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
+        if not core.known_model(model_id):
+            return self.error(api, 404, envelopes.not_found(model_id, version, method))
+        req = Req(api, request.path, model_id, key)
+        req.stream = method == "streamGenerateContent"
+        req.sse = req.stream and request.query.get("alt") == "sse"
+        if method == "countTokens" and isinstance(body, dict):
+            inner = body.get("generateContentRequest", body.get("generate_content_request"))
+            body = inner if isinstance(inner, dict) else body
+        try:
+            gemini.parse(body, req)
+        except BadRequest as e:
+            return self.bad_request(api, e)
+        if method == "countTokens":
+            total, _ = core.prompt_tokens(req)
+            detail = [{"modality": "TEXT", "tokenCount": total}]
+            return self.error(api, 200, {"totalTokens": total, "promptTokensDetails": detail})
+        return await self.complete(request, req, version, method)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key and request.headers.get("authorization") != f"Bearer {self.cfg.key}":
+            return self.error("gemini", 403, envelopes.unregistered())
+        models = [_model_info(m) for m in core.KNOWN_MODELS if m.startswith("gemini-")]
+        size = int(request.query.get("pageSize") or 50)
+        start = int(request.query.get("pageToken") or 0)
+        page: dict[str, Any] = {"models": models[start : start + size]}
+        if start + size < len(models):
+            page["nextPageToken"] = str(start + size)
+        return self.error("gemini", 200, page)
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not core.known_model(name):
+            version = request.path.split("/", 2)[1]
+            return self.error("gemini", 404, envelopes.not_found(name, version, "get"))
+        return self.error("gemini", 200, _model_info(name))
+
+    # --- OpenAI ------------------------------------------------------------------------------
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat(request, "openai")
+
+    async def compat(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat(request, "openai-compat")
+
+    async def _chat(self, request: web.Request, api: str) -> web.StreamResponse:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if api == "openai-compat":
+            key = key or request.headers.get("x-goog-api-key", "")
+            if not key:
+                return self.error(api, 403, envelopes.unregistered())
+            if key != self.cfg.key:
+                return self.error(api, 400, envelopes.api_key_invalid())
+        elif key != self.cfg.key:
+            return self.error(api, 401, envelopes.openai_bad_key(key))
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as e:
+            if api == "openai":
+                return self.error(api, 400, envelopes.OPENAI_BAD_JSON)
+            return self.error(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
+        req = Req(api, request.path, "", key)
+        try:
+            chat.parse(body, req)
+        except BadRequest as e:
+            return self.bad_request(api, e)
+        if not core.known_model(req.model):
+            if api == "openai":
+                return self.error(api, 404, envelopes.openai_not_found(req.model))
+            return self.error(api, 404, envelopes.not_found(req.model, "v1beta", "generateContent"))
+        return await self.complete(request, req, "v1beta", "generateContent")
+
+    # --- the common path ---------------------------------------------------------------------
+
+    def _quota_error(self, req: Req) -> web.Response | None:
+        prompt, _ = core.prompt_tokens(req)
+        verdict = self.quota.admit(req.key, prompt, time.monotonic())
+        if verdict is None:
+            return None
+        self.log(req, 429, "quota")
+        wait = max(1.0, verdict.retry_s)
+        if req.api == "openai":
+            body = envelopes.openai_rate_limit(
+                req.model, per=verdict.per, limit=verdict.limit, used=verdict.used, retry_s=wait
+            )
+            headers = {"retry-after": str(round(wait)), "retry-after-ms": str(round(wait * 1000))}
+            return self.error(req.api, 429, body, headers)
+        body = envelopes.quota(req.model, per=verdict.per, limit=verdict.limit, retry_s=wait)
+        return self.error(req.api, 429, body)
+
+    def _fault_error(self, req: Req, fault: str, version: str, method: str) -> web.Response:
+        rpm, rpd = self.cfg.rpm or 60, self.cfg.rpd or 250
+        if req.api == "openai":
+            found = chat.fault_error(fault, req.model, rpm, rpd)
+            assert found is not None
+            status, body, wait = found
+            headers = {}
+            if wait:
+                headers = {
+                    "retry-after": str(round(wait)),
+                    "retry-after-ms": str(round(wait * 1000)),
+                }
+            self.log(req, status, fault)
+            return self.error(req.api, status, body, headers)
+        error = gemini.fault_error(fault, req.model, version, method, rpm, rpd)
+        assert error is not None
+        self.log(req, error[0], fault)
+        return self.error(req.api, error[0], error[1])
+
+    def _cached(self, req: Req) -> int:
+        _, system = core.prompt_tokens(req)
+        if system < self.cfg.cache_min_tokens or system == 0:
+            return 0
+        entry = (req.key, req.model, hash(req.system))
+        if entry in self.cache:
+            return system
+        self.cache.add(entry)
+        return 0
+
+    async def complete(
+        self, request: web.Request, req: Req, version: str, method: str
+    ) -> web.StreamResponse:
+        limited = self._quota_error(req)
+        if limited is not None:
+            return limited
+        fault, drop = self.picker.forced(
+            request.headers.get("x-sim-fault"), core.unpacked_texts(req)
+        )
+        if fault is None:
+            fault = self.picker.draw()
+        if fault is not None:
+            mapping = ON_GEMINI if req.api == "gemini" else ON_OPENAI
+            fault = (ON_COMPAT if req.api == "openai-compat" else mapping).get(fault, fault)
+        if fault == "drop":
+            self.log(req, 0, fault)
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
+        if fault in ERRORS:
+            assert fault is not None
+            if self.latency:
+                await asyncio.sleep(self.latency * self.jitter.uniform(0.5, 1.5))
+            return self._fault_error(req, fault, version, method)
+        delay = self.latency * self.jitter.uniform(0.5, 1.5) if self.latency else 0.0
+        if fault == "hang":
+            delay += self.cfg.hang_seconds
+        if delay:
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                self.log(req, 499, fault)
+                raise
+            if request.transport is None or request.transport.is_closing():
+                self.log(req, 499, fault)
+                return web.Response(status=499)
+        result = core.generate(req, fault, drop, self._cached(req))
+        rid = self.response_id()
+        if req.api == "gemini":
+            return await self._send_gemini(request, req, result, rid, fault)
+        return await self._send_chat(request, req, result, rid, fault)
+
+    async def _send_gemini(
+        self, request: web.Request, req: Req, r: Result, rid: str, fault: str | None
+    ) -> web.StreamResponse:
+        if fault == "truncated_body":
+            raw = orjson.dumps(gemini.body(r, req.model, rid))
+            self.log(req, 200, fault)
+            return web.Response(body=raw[: len(raw) // 2], headers=GOOGLE_JSON)
+        if not req.stream:
+            self.log(req, 200, fault, r, rid)
+            return web.Response(
+                body=orjson.dumps(gemini.body(r, req.model, rid)), headers=GOOGLE_JSON
+            )
+        parts = [orjson.dumps(c) for c in gemini.chunks(r, req.model, rid)]
+        if not req.sse:
+            self.log(req, 200, fault, r, rid)
+            return web.Response(body=b"[" + b"\n,\n".join(parts) + b"]", headers=GOOGLE_JSON)
+        return await self._stream(
+            request, req, [b"data: " + p + b"\r\n\r\n" for p in parts], r, rid, fault
+        )
+
+    async def _send_chat(
+        self, request: web.Request, req: Req, r: Result, rid: str, fault: str | None
+    ) -> web.StreamResponse:
+        rid = "chatcmpl-" + rid if req.api == "openai" else rid
+        created = int(time.time())
+        headers = dict(OPENAI_JSON if req.api == "openai" else GOOGLE_JSON)
+        if req.api == "openai":
+            left_r, left_t = self.quota.remaining(req.key)
+            headers.update(
+                chat.rate_headers(self.cfg.rpm or 5000, left_r, self.cfg.tpm or 4_000_000, left_t)
+            )
+            headers["x-request-id"] = "req_" + rid[9:]
+        if fault == "truncated_body":
+            raw = orjson.dumps(chat.body(r, req.model, rid, created))
+            self.log(req, 200, fault)
+            return web.Response(body=raw[: len(raw) // 2], headers=headers)
+        if not req.stream:
+            self.log(req, 200, fault, r, rid)
+            body = orjson.dumps(chat.body(r, req.model, rid, created))
+            return web.Response(body=body, headers=headers)
+        events = [
+            b"data: " + orjson.dumps(c) + b"\n\n"
+            for c in chat.chunks(r, req.model, rid, created, req.include_usage)
+        ]
+        events.append(b"data: [DONE]\n\n")
+        return await self._stream(request, req, events, r, rid, fault, headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        req: Req,
+        events: list[bytes],
+        r: Result,
+        rid: str,
+        fault: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={**(headers or {}), "Content-Type": SSE})
+        try:
+            await resp.prepare(request)
+            for event in events:
+                await resp.write(event)
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            self.log(req, 499, fault)
+            raise
+        self.log(req, 200, fault, r, rid)
+        return resp
+
+
+def _model_info(name: str) -> dict[str, Any]:
+    title = " ".join(w.capitalize() for w in name.split("-"))
+    return {
+        "name": f"models/{name}",
+        "version": "001",
+        "displayName": title,
+        "description": f"Simulated {title}.",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": [
+            "generateContent",
+            "countTokens",
+            "createCachedContent",
+            "batchGenerateContent",
+        ],
+        "temperature": 1,
+        "topP": 0.95,
+        "topK": 64,
+        "maxTemperature": 2,
+        "thinking": True,
+    }
