@@ -366,8 +366,8 @@ class Store:
         """Rows whose answer was received (and billed) more than once, e.g. lost in a kill."""
         return int(
             self.con.execute(
-                "SELECT count(*) FROM (SELECT unnest(row_ids) AS rid FROM calls"
-                " WHERE job = ? AND outcome IN ('ok', 'blocked') GROUP BY ALL"
+                "SELECT count(*) FROM (SELECT rid FROM (SELECT unnest(row_ids) AS rid FROM calls"
+                " WHERE job = ? AND outcome IN ('ok', 'blocked')) GROUP BY rid"
                 " HAVING count(*) > 1)",
                 [job],
             ).fetchall()[0][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pipeline.sources import Row
@@ -53,9 +54,9 @@ class TranslateTask(Task):
         if missing:
             shown = ", ".join(repr(m) for m in missing[:5])
             return f"translation dropped {shown}"
-        lowered = source.lower()
         for term, fixed in self.cfg.glossary:
-            if term.lower() in lowered and fixed not in answer["translation"]:
+            # whole word, case as written: "Acme" is the brand, "acme.example/help" is a URL
+            if re.search(rf"\b{re.escape(term)}\b", source) and fixed not in answer["translation"]:
                 return f"translation ignored the glossary term {term!r} -> {fixed!r}"
         return None
 
