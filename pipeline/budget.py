@@ -1,11 +1,15 @@
 """Budget: reserve a call's worst-case cost before dispatch, settle to the billed cost after.
 
-Calls in flight can therefore never push spend past the cap.
+Calls in flight can therefore never push spend past the cap. A reservation that does not fit
+waits while other calls are in flight (their settling usually frees most of what they held);
+only when nothing is in flight and it still does not fit is the budget exhausted.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
+
+import anyio
 
 
 class Budget:
@@ -13,6 +17,7 @@ class Budget:
         self.cap = cap
         self.spent = spent
         self.reserved = Decimal(0)
+        self._settled = anyio.Event()
 
     def try_reserve(self, amount: Decimal) -> bool:
         if self.cap is not None and self.spent + self.reserved + amount > self.cap:
@@ -20,9 +25,19 @@ class Budget:
         self.reserved += amount
         return True
 
+    async def reserve(self, amount: Decimal) -> bool:
+        """Reserve `amount`, waiting for in-flight calls to settle; False when it never fits."""
+        while not self.try_reserve(amount):
+            if self.reserved == 0:
+                return False
+            await self._settled.wait()
+        return True
+
     def settle(self, reserved: Decimal, actual: Decimal) -> None:
         self.reserved -= reserved
         self.spent += actual
+        self._settled.set()
+        self._settled = anyio.Event()
 
     @property
     def left(self) -> Decimal | None:

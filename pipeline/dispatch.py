@@ -143,7 +143,7 @@ class Dispatcher:
         prompt, est_tokens = self._prompt(group)
         est_prompt = est_tokens - self.task.expected_output_tokens(prompt.user)
         reserve = worst_case_cost(int(est_prompt * 1.5) + 64, prompt.max_output_tokens, self.prices)
-        if not self.budget.try_reserve(reserve):
+        if not await self.budget.reserve(reserve):
             raise StopDispatch("budget", "budget.max_usd reached")
         try:
             await self.flow.acquire(est_tokens)

@@ -368,10 +368,12 @@ async def run_job(
         await _run_stages(run, handle_signals)
     finally:
         await transport.aclose()
-        if run is not None:
-            await _finish(run, thread)
-        thread.close()
-        status_path(db_path).unlink(missing_ok=True)
+        try:
+            if run is not None:
+                await _finish(run, thread)  # raises the stop (budget, provider, interrupt)
+        finally:
+            thread.close()
+            status_path(db_path).unlink(missing_ok=True)
     assert run is not None
     return RunSummary(
         spec.name,

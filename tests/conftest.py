@@ -110,3 +110,57 @@ def run_cli(
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def run_sync(spec: JobSpec, db: Path, *, key: str = "sim-key", restart: bool = False) -> Any:
+    """Run a job in-process to its end (or its stop, which raises) and return the summary."""
+    import anyio
+
+    from pipeline.engine import run_job
+
+    async def go() -> Any:
+        return await run_job(spec, str(db), api_key=key, restart=restart, handle_signals=False)
+
+    return anyio.run(go)
+
+
+def sql(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read the store with a real DuckDB connection (read-only, after the run has let go)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(query, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def ledger_usage(path: Path) -> dict[str, int]:
+    """Billed tokens the simulator reported, in flashpipe's kinds (input excludes cached)."""
+    total = {"requests": 0, "billed": 0, "input": 0, "cached": 0, "output": 0, "thinking": 0}
+    for e in read_ledger(path):
+        total["requests"] += 1
+        if e["billed"]:
+            u = e["usage"]
+            total["billed"] += 1
+            total["input"] += u["prompt"] - u["cached"]
+            total["cached"] += u["cached"]
+            total["output"] += u["output"]
+            total["thinking"] += u["thinking"]
+    return total
+
+
+def store_usage(db: Path, job: str) -> dict[str, int]:
+    row = sql(
+        db,
+        "SELECT count(*), sum(input_tokens), sum(cached_tokens), sum(output_tokens),"
+        " sum(thinking_tokens) FROM calls WHERE job = ?",
+        job,
+    )[0]
+    return {
+        "calls": int(row[0]),
+        "input": int(row[1] or 0),
+        "cached": int(row[2] or 0),
+        "output": int(row[3] or 0),
+        "thinking": int(row[4] or 0),
+    }

@@ -1,0 +1,293 @@
+"""End to end in-process: a real simulator over loopback, a real DuckDB file, both providers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import BudgetExhausted, ProviderStop
+from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.simproc import SimProcess
+from pipeline.usage import Usage
+from tests.conftest import (
+    ledger_usage,
+    make_spec,
+    run_sync,
+    sql,
+    store_usage,
+    ticket_rows,
+    write_jsonl,
+)
+
+
+def one_result_per_row(db: Path, job: str, n: int) -> None:
+    rows = sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results WHERE job = ?", job)[0]
+    assert rows == (n, n)
+
+
+def costs_balance(db: Path, job: str) -> Decimal:
+    calls, results = sql(
+        db,
+        "SELECT (SELECT sum(cost_usd) FROM calls WHERE job = $1),"
+        " (SELECT sum(cost_usd) FROM results WHERE job = $1)",
+        job,
+    )[0]
+    assert calls == results, "per-row shares must add up to what the calls cost"
+    return Decimal(calls)
+
+
+@pytest.mark.parametrize("api", ["gemini", "openai"])
+def test_classify_every_row_once_and_cost_equals_the_ledger(
+    api: str, sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory()
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(300))
+    spec = make_spec(sim, src, api=api)
+    db = tmp_path / "s.duckdb"
+    summary = run_sync(spec, db)
+    sim.stop()
+
+    assert summary.state == "done"
+    assert summary.rows == {"ok": 300}
+    one_result_per_row(db, "t", 300)
+    labels = dict(sql(db, "SELECT row_id, label FROM results_t"))
+    assert labels["T-00000"] == "billing" and labels["T-00001"] == "bug"
+    assert labels["T-00003"] == "feature_request"
+    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    stored = store_usage(db, "t")
+    assert stored["calls"] == ledger["requests"] == 300
+    for kind in ("input", "cached", "output", "thinking"):
+        assert stored[kind] == ledger[kind], kind
+    spent = costs_balance(db, "t")
+    expected = cost_usd(
+        Usage(ledger["input"], ledger["cached"], ledger["output"], ledger["thinking"]),
+        resolve_prices(spec),
+    )
+    assert spent == expected
+
+
+def test_hostile_parquet_run_ends_every_row_and_counts_every_billed_token(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory(
+        "--profile", "hostile", "--seed", "3", "--hang-seconds", "4", "--fault", "429=0.01"
+    )
+    n = 2000
+    table = pa.table(
+        {
+            "id": [r["id"] for r in ticket_rows(n)],
+            "text": [r["text"] for r in ticket_rows(n)],
+            "lang": ["en"] * n,
+        }
+    )
+    src = tmp_path / "in.parquet"
+    pq.write_table(table, src, row_group_size=700)
+    spec = make_spec(
+        sim,
+        src,
+        extra={
+            "provider": {"timeout": {"connect": 2, "read": 1.5, "total": 3}},
+            "limits": {"concurrency": 64, "max_attempts": 8},
+        },
+    )
+    db = tmp_path / "s.duckdb"
+    summary = run_sync(spec, db)
+    sim.stop()
+
+    assert summary.state == "done"
+    one_result_per_row(db, "t", n)
+    by_status = dict(sql(db, "SELECT status, count(*) FROM results GROUP BY ALL"))
+    assert by_status.get("blocked", 0) > 0  # safety + prompt blocks are results, not crashes
+    assert by_status["ok"] > n * 0.9
+    outcomes = dict(sql(db, "SELECT outcome, count(*) FROM calls GROUP BY ALL"))
+    assert outcomes.get("rate_limited", 0) > 0 and outcomes.get("retried", 0) > 0
+    assert outcomes.get("timeout", 0) > 0
+    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    stored = store_usage(db, "t")
+    for kind in ("input", "cached", "output", "thinking"):
+        assert stored[kind] == ledger[kind], kind
+    costs_balance(db, "t")
+    # every failed row names its reason
+    assert sql(db, "SELECT count(*) FROM results WHERE status <> 'ok' AND error IS NULL")[0][0] == 0
+
+
+def test_bad_rows_become_invalid_results_and_the_job_goes_on(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.jsonl"
+    write_jsonl(
+        src,
+        [
+            {"id": "a", "text": "refund my invoice"},
+            b"{not json",
+            {"id": "b"},
+            b'{"id": "c", "text": "bad \xff utf8"}',
+            {"id": "d", "text": "the app crashes"},
+            {"id": "e", "text": ""},
+        ],
+    )
+    db = tmp_path / "s.duckdb"
+    summary = run_sync(make_spec(sim, src), db)
+    assert summary.state == "done"
+    got = dict(sql(db, "SELECT row_id, status || ':' || coalesce(error, '') FROM results"))
+    assert got["a"].startswith("ok") and got["d"].startswith("ok")
+    assert got["line:2"].startswith("invalid:") and "JSON" in got["line:2"]
+    assert got["b"].startswith("invalid:") and "text" in got["b"]
+    assert got["line:4"].startswith("invalid:") and "UTF-8" in got["line:4"]
+    assert got["e"].startswith("invalid:")
+    assert sql(db, "SELECT count(*) FROM calls")[0][0] == 2  # invalid rows cost nothing
+
+
+@pytest.mark.parametrize("api", ["gemini", "openai"])
+@pytest.mark.parametrize(
+    ("marker", "status", "calls", "error_part"),
+    [
+        ("[[sim:500*2]]", "ok", 3, None),
+        ("[[sim:503*1]]", "ok", 2, None),
+        ("[[sim:429*2]]", "ok", 3, None),
+        ("[[sim:bad_json*1]]", "ok", 2, None),
+        ("[[sim:bad_enum*1]]", "ok", 2, None),
+        ("[[sim:bad_enum]]", "failed", 4, "label"),
+        ("[[sim:400]]", "failed", 1, "400"),
+        ("[[sim:safety]]", "blocked", 1, None),
+        ("[[sim:drop*1]]", "ok", 2, None),
+    ],
+)
+def test_each_failure_ends_the_row_as_promised(
+    api: str,
+    marker: str,
+    status: str,
+    calls: int,
+    error_part: str | None,
+    sim: SimProcess,
+    tmp_path: Path,
+) -> None:
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"id": "x", "text": f"I was charged twice, refund please {marker}"}],
+    )
+    db = tmp_path / "s.duckdb"
+    run_sync(make_spec(sim, src, api=api), db)
+    (got_status, error, attempts) = sql(db, "SELECT status, error, attempts FROM results")[0]
+    assert got_status == status, error
+    assert sql(db, "SELECT count(*) FROM calls")[0][0] == calls
+    if error_part:
+        assert error_part in error
+    if status == "blocked":
+        assert error  # the provider's reason is kept
+
+
+def test_429s_do_not_burn_attempts(sim: SimProcess, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "text": "refund [[sim:429*5]]"}])
+    db = tmp_path / "s.duckdb"
+    run_sync(make_spec(sim, src, overrides=["limits.max_attempts=2"]), db)
+    assert sql(db, "SELECT status FROM results")[0][0] == "ok"
+    outcomes = dict(sql(db, "SELECT outcome, count(*) FROM calls GROUP BY ALL"))
+    assert outcomes == {"rate_limited": 5, "ok": 1}
+
+
+def test_translation_that_drops_a_placeholder_is_retried_then_failed(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "p1", "text": "Hi {name}, order {order_id} ships [[sim:drop_placeholder*1]]"},
+            {"id": "p2", "text": "Hi {name}, see https://acme.example [[sim:drop_placeholder]]"},
+            {"id": "p3", "text": "A long text that gets cut [[sim:max_tokens*1]]"},
+        ],
+    )
+    db = tmp_path / "s.duckdb"
+    spec = make_spec(sim, src, task="translate", extra={"translate": {"target": "de"}})
+    run_sync(spec, db)
+    got = {r[0]: r[1:] for r in sql(db, "SELECT row_id, status, error FROM results")}
+    assert got["p1"][0] == "ok"
+    assert got["p2"][0] == "failed" and "{name}" in got["p2"][1]
+    assert got["p3"][0] == "ok"
+    translation, target = sql(
+        db, "SELECT translation, target_lang FROM results_t WHERE row_id = 'p1'"
+    )[0]
+    assert "{order_id}" in translation and target == "de"
+
+
+def test_a_bad_key_stops_the_job_and_leaves_rows_pending(sim: SimProcess, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(50))
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(ProviderStop) as stop:
+        run_sync(make_spec(sim, src), db, key="wrong-key")
+    assert stop.value.exit_code == 4
+    assert "key" in str(stop.value).lower()
+    assert sql(db, "SELECT count(*) FROM results")[0][0] == 0
+    assert sql(db, "SELECT state FROM jobs")[0][0] == "stopped"
+    run_sync(make_spec(sim, src), db)  # the right key resumes it
+    one_result_per_row(db, "t", 50)
+
+
+def test_budget_is_never_exceeded_and_resume_with_more_continues(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(400))
+    db = tmp_path / "s.duckdb"
+    cap = Decimal("0.01")
+    with pytest.raises(BudgetExhausted) as stop:
+        run_sync(make_spec(sim, src, extra={"budget": {"max_usd": float(cap)}}), db)
+    assert stop.value.exit_code == 3
+    spent = Decimal(sql(db, "SELECT sum(cost_usd) FROM calls")[0][0])
+    assert Decimal("0.005") < spent <= cap
+    assert sql(db, "SELECT state FROM jobs")[0][0] == "budget_exhausted"
+    run_sync(make_spec(sim, src, extra={"budget": {"max_usd": 1.0}}), db)
+    one_result_per_row(db, "t", 400)
+    assert sql(db, "SELECT state FROM jobs")[0][0] == "done"
+
+
+def test_packing_sends_few_requests_and_resends_only_the_missing_item(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory()
+    rows = ticket_rows(2000)
+    rows[7]["text"] += " [[sim:drop_item*1]]"
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    db = tmp_path / "s.duckdb"
+    run_sync(make_spec(sim, src, overrides=["limits.rows_per_request=20"]), db)
+    sim.stop()
+    one_result_per_row(db, "t", 2000)
+    requests = sql(db, "SELECT count(*) FROM calls")[0][0]
+    assert requests <= 110
+    assert sql(db, "SELECT count(*) FROM results WHERE status = 'ok'")[0][0] == 2000
+    resent = sql(db, "SELECT len(row_ids) FROM calls WHERE list_contains(row_ids, 'T-00007')")
+    assert sorted(r[0] for r in resent) == [1, 20]
+    costs_balance(db, "t")
+    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    assert store_usage(db, "t")["input"] == ledger["input"]
+
+
+def test_moderation_flags_and_provider_blocks_are_signals(sim: SimProcess, tmp_path: Path) -> None:
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "c1", "text": "Great product, works well"},
+            {"id": "c2", "text": "buy cheap followers at http://spam.example click here"},
+            {"id": "c3", "text": "something [[sim:prompt_blocked]]"},
+        ],
+    )
+    db = tmp_path / "s.duckdb"
+    run_sync(make_spec(sim, src, task="moderate"), db)
+    got = {r[0]: r[1:] for r in sql(db, "SELECT row_id, flagged, spam FROM results_t")}
+    assert got["c1"][0] is False
+    assert got["c2"][0] is True and got["c2"][1] is True
+    assert got["c3"][0] is True  # a provider block counts as flagged
+    assert sql(db, "SELECT status FROM results WHERE row_id = 'c3'")[0][0] == "blocked"
+
+
+def test_a_second_run_sends_nothing(sim: SimProcess, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(120))
+    db = tmp_path / "s.duckdb"
+    run_sync(make_spec(sim, src), db)
+    again = run_sync(make_spec(sim, src), db)
+    assert again.requests == 0 and again.rows == {}
+    one_result_per_row(db, "t", 120)
