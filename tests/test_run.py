@@ -176,6 +176,7 @@ def test_each_failure_ends_the_row_as_promised(
     (got_status, error, attempts) = sql(db, "SELECT status, error, attempts FROM results")[0]
     assert got_status == status, error
     assert sql(db, "SELECT count(*) FROM calls")[0][0] == calls
+    assert 1 <= attempts <= calls
     if error_part:
         assert error_part in error
     if status == "blocked":
