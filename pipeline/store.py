@@ -181,6 +181,20 @@ def _holder(message: str) -> str:
     return f"process {match.group(1)}" if match else "another process"
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two spec identities differ: ["classify.labels", "model"]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old or k not in new:
+                out.append(path)
+            else:
+                out.extend(changed_keys(old[k], new[k], path))
+        return out
+    return [] if old == new else [prefix or "the job definition"]
+
+
 class Store:
     """A DuckDB file holding jobs, results and calls. Use from one thread at a time."""
 
@@ -263,8 +277,8 @@ class Store:
             return 1
         if existing["spec_hash"] != spec_hash:
             old = orjson.loads(existing["spec"]).get("_identity", {})
-            changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            what = ", ".join(changed) or "the job definition"
+            changed = changed_keys(old, identity)
+            what = ", ".join(changed[:6]) or "the job definition"
             raise SpecError(
                 f"job {name!r} already exists in the store with a different {what}; "
                 "use a new name, or --restart to discard its results"

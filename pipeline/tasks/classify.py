@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.spec import ClassifySpec
-from pipeline.tasks.base import Task, ViewColumn
+from pipeline.tasks.base import Task, ViewColumn, estimate_tokens
 
 
 class ClassifyTask(Task):
@@ -49,7 +49,12 @@ class ClassifyTask(Task):
         super().__init__(system, schema)
 
     def expected_output_tokens(self, user_text: str) -> int:
-        return 12 if not self.cfg.multi_label else 20
+        # the answer is `{"label": "<name>"}`: its JSON, in tokens, for an average label
+        names = [label.name for label in self.cfg.labels]
+        avg = sum(len(n) for n in names) / len(names)
+        if self.cfg.multi_label:
+            return estimate_tokens("x" * int(14 + 2.5 * (avg + 3)))
+        return estimate_tokens("x" * int(13 + avg))
 
     def normalise(self, answer: dict[str, Any]) -> dict[str, Any]:
         if self.cfg.multi_label:
