@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -292,3 +293,152 @@ def test_a_second_run_sends_nothing(sim: SimProcess, tmp_path: Path) -> None:
     again = run_sync(make_spec(sim, src), db)
     assert again.requests == 0 and again.rows == {}
     one_result_per_row(db, "t", 120)
+
+
+MODERATE_ROWS = [
+    {"id": "m1", "text": "Lovely update, thanks team"},
+    {"id": "m2", "text": "buy cheap followers at http://spam.example now"},
+    {"id": "m3", "text": "you are an idiot and everyone hates you"},
+]
+TRANSLATE_ROWS = [
+    {"id": "p1", "text": "Hi {customer_name}, your Acme order {order_id} ships today"},
+    {"id": "p2", "text": "<b>Save 20%</b> at https://acme.example/help"},
+]
+NESTED_SCHEMA = {
+    "type": "object",
+    "required": ["summary", "contact"],
+    "additionalProperties": False,
+    "properties": {
+        "summary": {"type": "string"},
+        "contact": {
+            "type": "object",
+            "required": ["channel", "priority"],
+            "additionalProperties": False,
+            "properties": {
+                "channel": {"type": "string", "enum": ["email", "phone", "chat"]},
+                "priority": {"type": "integer", "minimum": 1, "maximum": 3},
+            },
+        },
+    },
+}
+TASKS: dict[str, tuple[str, list[dict[str, object]], dict[str, object], list[str], str]] = {
+    # name: (task, rows, extra spec, overrides, a GROUP BY column of the typed view)
+    "classify": ("classify", ticket_rows(40), {}, [], "label"),
+    "multi_label": ("classify", ticket_rows(40), {}, ["classify.multi_label=true"], "labels"),
+    "packed": ("classify", ticket_rows(45), {}, ["limits.rows_per_request=10"], "label"),
+    "translate": ("translate", TRANSLATE_ROWS, {"translate": {"target": "de"}}, [], "target_lang"),
+    "moderate": ("moderate", MODERATE_ROWS, {}, [], "flagged"),
+    "moderate_packed": ("moderate", MODERATE_ROWS, {}, ["limits.rows_per_request=3"], "flagged"),
+    "custom": (
+        "custom",
+        ticket_rows(20),
+        {"custom": {"prompt": "Ticket ({lang}): {text}", "schema": NESTED_SCHEMA}},
+        [],
+        "contact",
+    ),
+}
+
+
+@pytest.mark.parametrize("api", ["gemini", "openai"])
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_on_both_apis(
+    api: str, name: str, sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    task, rows, extra, overrides, column = TASKS[name]
+    sim = sim_factory()
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    db = tmp_path / "s.duckdb"
+    spec = make_spec(sim, src, api=api, task=task, extra=extra, overrides=overrides)
+    summary = run_sync(spec, db)
+    sim.stop()
+    assert summary.rows == {"ok": len(rows)}
+    one_result_per_row(db, "t", len(rows))
+    groups = sql(db, f"SELECT {column}, count(*) FROM results_t GROUP BY ALL")
+    assert sum(n for _, n in groups) == len(rows) and all(g is not None for g, _ in groups)
+    if name == "multi_label":
+        assert all(isinstance(g, list) and g for g, _ in groups)
+    if name == "custom":
+        assert all(1 <= json.loads(c)["priority"] <= 3 for c, _ in groups)  # a JSON column
+    costs_balance(db, "t")
+    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    stored = store_usage(db, "t")
+    assert [stored[k] for k in ("input", "output", "thinking")] == [
+        ledger[k] for k in ("input", "output", "thinking")
+    ]
+
+
+def test_ten_thousand_parquet_rows_and_cost_json_equals_the_simulator(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    from tests.conftest import run_cli
+
+    sim = sim_factory()
+    rows = ticket_rows(10_000)
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=4096)
+    db = tmp_path / "s.duckdb"
+    run_sync(make_spec(sim, src, overrides=["limits.concurrency=64"]), db)
+    sim.stop()
+    one_result_per_row(db, "t", 10_000)
+    report = run_cli("cost", "t", "--json", "--db", str(db))
+    assert report.returncode == 0, report.stderr
+    tokens = json.loads(report.stdout)["jobs"][0]["tokens"]
+    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    assert tokens == {k: ledger[k] for k in ("input", "cached", "output", "thinking")}
+
+
+def test_an_empty_input_file_is_a_finished_job(sim: SimProcess, tmp_path: Path) -> None:
+    src = tmp_path / "empty.jsonl"
+    src.write_bytes(b"")
+    db = tmp_path / "s.duckdb"
+    summary = run_sync(make_spec(sim, src), db)
+    assert summary.state == "done" and summary.requests == 0
+    assert sql(db, "SELECT count(*) FROM results")[0][0] == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "api"), [("403", "gemini"), ("429-day", "gemini"), ("insufficient_quota", "openai")]
+)
+def test_a_provider_stop_ends_the_job_after_a_handful_of_requests(
+    fault: str, api: str, sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory("--fault", f"{fault}=1.0")
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(500))
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(ProviderStop) as stop:
+        run_sync(make_spec(sim, src, api=api), db)
+    sim.stop()
+    assert stop.value.exit_code == 4
+    sent = ledger_usage(sim.ledger)["requests"]  # type: ignore[attr-defined]
+    assert 1 <= sent <= 20  # the in-flight ones at most (concurrency 16), not one per row
+    assert sql(db, "SELECT count(*) FROM results")[0][0] == 0  # every row stays pending
+    assert sql(db, "SELECT state FROM jobs")[0][0] == "stopped"
+
+
+def test_progress_without_a_tty_prints_plain_lines(sim: SimProcess, tmp_path: Path) -> None:
+    import io
+
+    import anyio
+
+    from pipeline.engine import run_job
+    from pipeline.progress import ProgressReporter
+
+    out = io.StringIO()
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(200))
+    spec = make_spec(sim, src, overrides=["limits.rpm=3000"])  # about 4 s: two progress lines
+
+    async def go() -> None:
+        reporter = ProgressReporter(out, interval=1.0)
+        await run_job(
+            spec,
+            str(tmp_path / "s.duckdb"),
+            api_key="sim-key",
+            progress=reporter,
+            handle_signals=False,
+        )
+
+    anyio.run(go)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2 and not any("\x1b" in line for line in lines)
+    last = lines[-1]
+    assert "rows 200/200" in last and "rows/s" in last and "$0.0" in last

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -370,3 +370,38 @@ def test_ledger_matches_responses_and_quota(tmp_path: Path) -> None:
     billed = {x["response_id"]: x["usage"] for x in lines if x["billed"] and x["status"] == 200}
     assert len(billed) == 5 and all(billed[rid] == u for rid, u in seen.items())
     assert [x["fault"] for x in lines if not x["billed"]] == ["500", "quota"]
+
+
+def test_genai_pydantic_schema_parsed_plain_text_and_error_types(sim: SimProcess) -> None:
+    from pydantic import BaseModel
+
+    class Ticket(BaseModel):
+        label: Literal["billing", "bug", "account", "other"]
+        urgent: bool
+
+    client = genai.Client(
+        api_key="sim-key", http_options={"base_url": sim.url, "api_version": "v1beta"}
+    )
+    resp = client.models.generate_content(
+        model="gemini-3.1-flash-lite-preview",
+        contents="I was charged twice, refund my invoice",
+        config=types.GenerateContentConfig(
+            response_mime_type="application/json", response_schema=Ticket
+        ),
+    )
+    assert isinstance(resp.parsed, Ticket) and resp.parsed.label == "billing"
+    assert resp.usage_metadata is not None and resp.usage_metadata.prompt_token_count
+    plain = client.models.generate_content(
+        model="gemini-3.1-flash-lite-preview", contents="Say hello"
+    )
+    assert plain.text and plain.parsed is None
+    for fault, error_type, code in [
+        ("403", genai_errors.ClientError, 403),
+        ("429", genai_errors.ClientError, 429),
+        ("503", genai_errors.ServerError, 503),
+    ]:
+        with pytest.raises(error_type) as e:
+            client.models.generate_content(
+                model="gemini-3.1-flash-lite-preview", contents=f"hi [[sim:{fault}]]"
+            )
+        assert e.value.code == code
