@@ -213,6 +213,24 @@ def test_bad_job_files_get_one_line_and_exit_2(tmp_path: Path, extra: str, needl
     assert not (tmp_path / "s.duckdb").exists()  # nothing sent, nothing stored
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "needle"),
+    [
+        ('task = "classify"', 'task = "summarise"', "task"),
+        ('path = "', 'pathh = "', "input.path"),
+        ("labels = [", "labels = [] # [", "classify.labels"),
+    ],
+)
+def test_unknown_task_and_missing_input_path(
+    tmp_path: Path, old: str, new: str, needle: str
+) -> None:
+    job = job_file(tmp_path, None, write_jsonl(tmp_path / "in.jsonl", ticket_rows(3)))
+    job.write_text(job.read_text().replace(old, new, 1))
+    proc = run_cli("run", str(job), "--db", str(tmp_path / "s.duckdb"), env=env())
+    assert proc.returncode == 2
+    assert needle in one_line_error(proc)
+
+
 def test_missing_job_file_and_missing_key(tmp_path: Path) -> None:
     proc = run_cli("run", str(tmp_path / "nope.toml"))
     assert proc.returncode == 2 and "nope.toml" in one_line_error(proc)
@@ -291,3 +309,47 @@ def test_estimate_is_close_to_what_the_run_costs(sim: SimProcess, tmp_path: Path
     assert run_cli("run", str(job), "--db", str(db), "--quiet", env=env()).returncode == 0
     actual = float(json.loads(run_cli("cost", "--json", "--db", str(db)).stdout)["total_usd"])
     assert float(predicted["usd_low"]) <= actual <= float(predicted["usd_high"])
+
+
+@pytest.mark.slow
+def test_chaos_three_kill_9s_then_one_result_per_row(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    import random
+
+    from tests.conftest import read_ledger
+
+    sim = sim_factory(
+        "--profile", "hostile", "--seed", "11", "--hang-seconds", "3", "--fault", "429=0.01"
+    )
+    n = 5000
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(n))
+    job, db = job_file(tmp_path, sim, src), tmp_path / "s.duckdb"
+    text = job.read_text().replace(
+        f'api_key_env = "{KEY_ENV}"',
+        f'api_key_env = "{KEY_ENV}"\ntimeout = {{connect = 2, read = 2, total = 4}}',
+    )
+    job.write_text(text.replace("[limits]", "[limits]\nmax_attempts = 8"))
+    rng = random.Random(5)
+    done = 0
+    for _ in range(3):
+        proc = start_run(job, db, "--quiet")
+        done = wait_for_rows(db, done + 300, timeout=60)["rows_done"]
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment: mid-flush, mid-request, mid-retry
+        proc.kill()
+        proc.communicate(timeout=10)
+    final = run_cli("run", str(job), "--db", str(db), "--quiet", env=env(), timeout=180)
+    assert final.returncode == 0, final.stderr
+    sim.stop()
+
+    assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(n, n)]
+    statuses = {r[0] for r in sql(db, "SELECT DISTINCT status FROM results")}
+    assert statuses <= {"ok", "blocked", "failed"}
+    # the ledger is the provider's bill: a row answered successfully twice was in flight (or
+    # not yet flushed, at most ~0.25 s of answers) when a kill hit
+    answered: dict[str, int] = {}
+    for e in read_ledger(sim.ledger):  # type: ignore[attr-defined]
+        if e["billed"] and e["status"] == 200 and e["fault"] is None:
+            answered[e["text_hash"]] = answered.get(e["text_hash"], 0) + 1
+    twice = sum(1 for c in answered.values() if c > 1)
+    assert twice <= 3 * 200, twice

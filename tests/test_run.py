@@ -72,8 +72,9 @@ def test_classify_every_row_once_and_cost_equals_the_ledger(
     assert spent == expected
 
 
+@pytest.mark.parametrize("api", ["gemini", "openai"])
 def test_hostile_parquet_run_ends_every_row_and_counts_every_billed_token(
-    sim_factory: Callable[..., SimProcess], tmp_path: Path
+    api: str, sim_factory: Callable[..., SimProcess], tmp_path: Path
 ) -> None:
     sim = sim_factory(
         "--profile", "hostile", "--seed", "3", "--hang-seconds", "4", "--fault", "429=0.01"
@@ -91,6 +92,7 @@ def test_hostile_parquet_run_ends_every_row_and_counts_every_billed_token(
     spec = make_spec(
         sim,
         src,
+        api=api,
         extra={
             "provider": {"timeout": {"connect": 2, "read": 1.5, "total": 3}},
             "limits": {"concurrency": 64, "max_attempts": 8},
