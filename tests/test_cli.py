@@ -309,6 +309,7 @@ def test_estimate_is_close_to_what_the_run_costs(sim: SimProcess, tmp_path: Path
     assert run_cli("run", str(job), "--db", str(db), "--quiet", env=env()).returncode == 0
     actual = float(json.loads(run_cli("cost", "--json", "--db", str(db)).stdout)["total_usd"])
     assert float(predicted["usd_low"]) <= actual <= float(predicted["usd_high"])
+    assert abs(float(predicted["usd"]) - actual) <= 0.15 * actual
 
 
 @pytest.mark.slow
@@ -353,3 +354,35 @@ def test_chaos_three_kill_9s_then_one_result_per_row(
             answered[e["text_hash"]] = answered.get(e["text_hash"], 0) + 1
     twice = sum(1 for c in answered.values() if c > 1)
     assert twice <= 3 * 200, twice
+
+
+def test_flashpipe_sim_serves_until_sigint_and_exits_cleanly() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "sim",
+            "--port",
+            "0",
+            "--profile",
+            "hostile",
+            "--rpm",
+            "600",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("flashpipe-sim listening on http://127.0.0.1:")
+    url = line.split()[-1]
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/v1beta/models?key=sim-key", timeout=5) as resp:
+        assert resp.status == 200
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0 and "Traceback" not in err

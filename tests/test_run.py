@@ -114,7 +114,8 @@ def test_hostile_parquet_run_ends_every_row_and_counts_every_billed_token(
     stored = store_usage(db, "t")
     for kind in ("input", "cached", "output", "thinking"):
         assert stored[kind] == ledger[kind], kind
-    costs_balance(db, "t")
+    billed = Usage(ledger["input"], ledger["cached"], ledger["output"], ledger["thinking"])
+    assert costs_balance(db, "t") == cost_usd(billed, resolve_prices(spec))
     # every failed row names its reason
     assert sql(db, "SELECT count(*) FROM results WHERE status <> 'ok' AND error IS NULL")[0][0] == 0
 
@@ -246,6 +247,12 @@ def test_budget_is_never_exceeded_and_resume_with_more_continues(
     assert sql(db, "SELECT state FROM jobs")[0][0] == "budget_exhausted"
     run_sync(make_spec(sim, src, extra={"budget": {"max_usd": 1.0}}), db)
     one_result_per_row(db, "t", 400)
+    paid = sql(
+        db,
+        "SELECT count(*) FROM (SELECT unnest(row_ids) AS r FROM calls) GROUP BY r"
+        " HAVING count(*) > 1",
+    )
+    assert paid == []  # no row was paid twice across the stop and the resume
     assert sql(db, "SELECT state FROM jobs")[0][0] == "done"
 
 

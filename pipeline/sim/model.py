@@ -29,10 +29,18 @@ _PLACEHOLDER = re.compile(
 _MARKER = re.compile(r"\[\[sim:[^\]]*\]\]")
 
 SYNONYMS: dict[str, str] = {
-    "billing": "invoice charge refund payment vat paid price bill card subscription money",
-    "bug": "crash error broken fail exception glitch freeze freezes not working",
-    "account": "login password 2fa email profile sign signin username locked",
-    "feature_request": "please add would like feature support wish request",
+    "billing": "invoice charge charged refund payment vat paid price bill card subscription money"
+    " rechnung zahlung erstattung abgebucht betrag facture paiement remboursement"
+    " factura pago reembolso cobro cargo factuur betaling terugbetaling",
+    "bug": "crash crashes error broken fail fails exception glitch freeze freezes working"
+    " fehler absturz stürzt funktioniert erreur plante marche fallo funciona bloquea"
+    " fout werkt crasht",
+    "account": "login password 2fa email profile sign signin username locked"
+    " passwort konto anmelden anmeldung passe compte connexion connecter contraseña cuenta"
+    " sesión wachtwoord inloggen",
+    "feature_request": "please add would like feature support wish request great if"
+    " bitte wäre schön funktion hinzufügen ajouter fonctionnalité serait añadir función"
+    " sería toevoegen functie zou",
     "positive": "love great good excellent happy thanks awesome",
     "negative": "hate bad terrible awful poor angry worst",
     "neutral": "okay fine average",
@@ -339,6 +347,10 @@ def _enum(node: Node, key: str, ctx: Ctx) -> Any:
     if key == "target_lang":
         return ctx.target if ctx.target in node.values else node.values[0]
     scores = _scores(node.values, ctx)
+    if max(scores) == 0:  # nothing matches: abstain where the schema allows it
+        for fallback in ("other", "none", "unknown", "neutral"):
+            if fallback in node.values:
+                return fallback
     return node.values[scores.index(max(scores))]
 
 
