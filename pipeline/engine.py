@@ -25,6 +25,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from pipeline.budget import Budget
 from pipeline.dispatch import Dispatcher, Outcome, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.limits import FlowControl
 from pipeline.pricing import resolve_prices
 from pipeline.progress import ProgressReporter, RunStats
@@ -34,7 +35,7 @@ from pipeline.providers.openai import OpenAIProvider
 from pipeline.retry import RetryPolicy
 from pipeline.sources import Row, count_rows_fast, read_batches
 from pipeline.spec import JobSpec
-from pipeline.store import ResultRecord, Store, StoreThread, now_utc, runner_id
+from pipeline.store import CallRecord, ResultRecord, Store, StoreThread, now_utc, runner_id
 from pipeline.tasks import build_task
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.custom import CustomTask
@@ -89,8 +90,12 @@ class JobRun:
         spent_before: Decimal,
         progress: ProgressReporter,
         db_path: str,
+        journal: CallJournal,
     ):
         self.spec = spec
+        self.journal = journal
+        self._committed = anyio.Event()
+        self._committed.set()
         self.store = store
         self.task: Task = build_task(spec)
         self.prices = resolve_prices(spec)
@@ -219,32 +224,53 @@ class JobRun:
 
     # -- writer ------------------------------------------------------------------------------
     async def write(self, inbox: ObjectReceiveStream[Outcome | ResultRecord]) -> None:
+        """Receive outcomes, journal each call at once, and hand batches to the committer.
+
+        Receiving never waits for a commit: while one batch commits, the next one fills and
+        its calls are already in the journal, so a kill -9 loses no received call unrecorded.
+        Each journal generation holds exactly one batch and is deleted once that batch commits.
+        """
         results: list[ResultRecord] = []
-        calls = []
+        calls: list[CallRecord] = []
         last = time.monotonic()
-        async with inbox:
-            while True:
+        batches_send, batches_recv = anyio.create_memory_object_stream[
+            tuple[Path, list[ResultRecord], list[CallRecord]]
+        ](1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._commit, batches_recv)
+            async with inbox, batches_send:
                 closed = False
-                with anyio.move_on_after(FLUSH_SECONDS):
-                    try:
-                        msg = await inbox.receive()
-                    except anyio.EndOfStream:
-                        closed = True
-                    else:
-                        if isinstance(msg, Outcome):
-                            calls.append(msg.call)
-                            results.extend(msg.results)
-                            self._count_call(msg)
+                while not closed:
+                    with anyio.move_on_after(FLUSH_SECONDS):
+                        try:
+                            msg = await inbox.receive()
+                        except anyio.EndOfStream:
+                            closed = True
                         else:
-                            results.append(msg)
-                now = time.monotonic()
-                if closed or len(results) >= FLUSH_ROWS or now - last >= FLUSH_SECONDS:
-                    if results or calls:
-                        await self._flush(results, calls)
+                            if isinstance(msg, Outcome):
+                                self.journal.append(self.spec.name, msg.call)
+                                calls.append(msg.call)
+                                results.extend(msg.results)
+                                self._count_call(msg)
+                            else:
+                                results.append(msg)
+                    now = time.monotonic()
+                    due = len(results) >= FLUSH_ROWS or now - last >= FLUSH_SECONDS
+                    if (results or calls) and (closed or (due and self._committed.is_set())):
+                        await self._committed.wait()  # only ever waits at the very end
+                        self._committed = anyio.Event()
+                        await batches_send.send((self.journal.rotate(), results, calls))
                         results, calls = [], []
-                    last = now
-                if closed:
-                    return
+                        last = now
+
+    async def _commit(
+        self, batches: ObjectReceiveStream[tuple[Path, list[ResultRecord], list[CallRecord]]]
+    ) -> None:
+        async with batches:
+            async for generation, results, calls in batches:
+                await self._flush(results, calls)
+                generation.unlink(missing_ok=True)  # every call in it is stored now
+                self._committed.set()
 
     def _count_call(self, outcome: Outcome) -> None:
         s = self.stats
@@ -346,6 +372,7 @@ async def run_job(
     transport = AiohttpTransport(spec.provider.timeout, max_in_flight=AUTO_CAP)
     started = time.monotonic()
     run: JobRun | None = None
+    journal: CallJournal | None = None
     try:
         if restart:
             await thread.run(store.drop_job, spec.name)
@@ -359,9 +386,20 @@ async def run_job(
             spec.model,
         )
         view = await thread.run(store.create_view, spec.name, task.view_columns(), spec.input.keep)
+        # calls a killed run received but never stored: billed all the same, so they count
+        leftovers = journal_files(db_path)
+        lost = list(read_journal(leftovers))
+        if lost:
+            found = await thread.run(store.recover_calls, lost)
+            log.warning("recovered %d billed calls a previous run lost before storing them", found)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        journal = CallJournal(db_path)
         before = await thread.run(store.call_totals, spec.name)
         done_before = sum((await thread.run(store.status_counts, spec.name)).values())
-        run = JobRun(spec, thread, transport, key, run_no, before["usd"], progress, db_path)
+        run = JobRun(
+            spec, thread, transport, key, run_no, before["usd"], progress, db_path, journal
+        )
         run.stats.rows_total = rows_total
         run.stats.rows_total_exact = exact
         run.stats.rows_before = done_before
@@ -374,6 +412,8 @@ async def run_job(
         finally:
             thread.close()
             status_path(db_path).unlink(missing_ok=True)
+            if journal is not None:
+                journal.close()
     assert run is not None
     return RunSummary(
         spec.name,

@@ -81,8 +81,10 @@ CREATE TABLE IF NOT EXISTS calls (
     cost_usd DECIMAL(38, 12),
     model VARCHAR,
     model_version VARCHAR,
-    response_id VARCHAR
+    response_id VARCHAR,
+    recovered BOOLEAN DEFAULT false
 );
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS recovered BOOLEAN DEFAULT false;
 """
 
 COST = pa.decimal128(38, 12)
@@ -123,6 +125,7 @@ CALL_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("model_version", pa.string()),
         ("response_id", pa.string()),
+        ("recovered", pa.bool_()),
     ]
 )
 _Q = Decimal("0.000000000001")
@@ -342,6 +345,19 @@ class Store:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"store {self.path!r}: cannot write results: {first}") from None
 
+    def recover_calls(self, calls: Sequence[tuple[str, CallRecord]]) -> int:
+        """Store calls a killed run received but never stored (from its journal), once each."""
+        added = 0
+        for job in sorted({j for j, _ in calls}):
+            records = [c for j, c in calls if j == job]
+            self.con.register("_calls", _calls_table(job, records, recovered=True))
+            added += self.con.execute(
+                "INSERT INTO calls SELECT * FROM _calls c WHERE NOT EXISTS"
+                " (SELECT 1 FROM calls k WHERE k.job = c.job AND k.call_id = c.call_id)"
+            ).fetchall()[0][0]
+            self.con.unregister("_calls")
+        return int(added)
+
     def requeue(self, job: str, statuses: Sequence[str]) -> int:
         count = self.con.execute(
             "SELECT count(*) FROM results WHERE job = ? AND list_contains(?, status)",
@@ -377,12 +393,11 @@ class Store:
         return {str(s): int(n) for s, n in rows}
 
     def rows_paid_twice(self, job: str) -> int:
-        """Rows whose answer was received (and billed) more than once, e.g. lost in a kill."""
+        """Rows answered (and billed) in a call a killed run lost before storing it."""
         return int(
             self.con.execute(
-                "SELECT count(*) FROM (SELECT rid FROM (SELECT unnest(row_ids) AS rid FROM calls"
-                " WHERE job = ? AND outcome IN ('ok', 'blocked')) GROUP BY rid"
-                " HAVING count(*) > 1)",
+                "SELECT count(DISTINCT rid) FROM (SELECT unnest(row_ids) AS rid FROM calls"
+                " WHERE job = ? AND recovered AND outcome IN ('ok', 'blocked'))",
                 [job],
             ).fetchall()[0][0]
         )
@@ -456,7 +471,7 @@ def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
     )
 
 
-def _calls_table(job: str, records: Sequence[CallRecord]) -> pa.Table:
+def _calls_table(job: str, records: Sequence[CallRecord], *, recovered: bool = False) -> pa.Table:
     return pa.table(
         {
             "job": [job] * len(records),
@@ -476,6 +491,7 @@ def _calls_table(job: str, records: Sequence[CallRecord]) -> pa.Table:
             "model": [c.model for c in records],
             "model_version": [c.model_version for c in records],
             "response_id": [c.response_id for c in records],
+            "recovered": [recovered] * len(records),
         },
         schema=CALL_SCHEMA,
     )

@@ -1,0 +1,121 @@
+"""The call journal: each received call, appended before the writer stores it.
+
+A kill -9 loses what the writer had buffered (at most one flush interval of answers). Those calls
+were billed all the same. The journal is an append-only file beside the store, written with
+`os.write` (no user-space buffer, so the data is in the OS when the process dies) and cleared after
+each commit. The next run moves what it finds into `calls` marked `recovered`: the bill stays
+true, and `status` counts exactly the rows that were paid for and then lost.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.store import CallRecord
+from pipeline.usage import Usage
+
+
+def journal_files(db_path: str) -> list[Path]:
+    """Journal generations left beside the store, oldest first."""
+    base = Path(db_path)
+    found = base.parent.glob(f"{glob.escape(base.name)}.journal.*")
+    gens = [p for p in found if p.suffix[1:].isdigit()]
+    return sorted(gens, key=lambda p: int(p.suffix[1:]))
+
+
+def encode(job: str, c: CallRecord) -> bytes:
+    u = c.usage
+    return (
+        orjson.dumps(
+            [
+                job,
+                c.call_id,
+                c.row_ids,
+                c.attempt,
+                c.started_at.isoformat(),
+                c.latency_ms,
+                c.http_status,
+                c.outcome,
+                c.error,
+                [u.input, u.cached, u.output, u.thinking],
+                str(c.cost_usd),
+                c.model,
+                c.model_version,
+                c.response_id,
+            ]
+        )
+        + b"\n"
+    )
+
+
+def decode(line: bytes) -> tuple[str, CallRecord]:
+    f: list[Any] = orjson.loads(line)
+    return f[0], CallRecord(
+        call_id=f[1],
+        row_ids=tuple(f[2]),
+        attempt=f[3],
+        started_at=datetime.fromisoformat(f[4]),
+        latency_ms=f[5],
+        http_status=f[6],
+        outcome=f[7],
+        error=f[8],
+        usage=Usage(*f[9]),
+        cost_usd=Decimal(f[10]),
+        model=f[11],
+        model_version=f[12],
+        response_id=f[13],
+    )
+
+
+def read_journal(paths: Iterable[Path]) -> Iterator[tuple[str, CallRecord]]:
+    """Every complete line; a line torn by the kill is skipped (the call was not received)."""
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        for line in data.splitlines():
+            try:
+                yield decode(line)
+            except (orjson.JSONDecodeError, IndexError, TypeError, ValueError):
+                continue
+
+
+class CallJournal:
+    """Owned by the writer task: one file per batch ("generation"), deleted once committed."""
+
+    def __init__(self, db_path: str):
+        self._base = db_path + ".journal"
+        self._gen = 0
+        self._fd = -1
+        self.current = Path(self._base)
+        self._open_next()
+
+    def _open_next(self) -> None:
+        self._gen += 1
+        self.current = Path(f"{self._base}.{self._gen}")
+        self._fd = os.open(self.current, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+
+    def append(self, job: str, call: CallRecord) -> None:
+        os.write(self._fd, encode(job, call))
+
+    def rotate(self) -> Path:
+        """Close the current generation (it holds exactly the batch being handed off)."""
+        os.close(self._fd)
+        done = self.current
+        self._open_next()
+        return done
+
+    def close(self) -> None:
+        """Close; the open generation goes if empty (a failed commit leaves its file behind)."""
+        os.close(self._fd)
+        if self.current.stat().st_size == 0:
+            self.current.unlink(missing_ok=True)
