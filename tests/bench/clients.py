@@ -198,6 +198,7 @@ def cookbook_processor(
         req_capacity, tok_capacity = max_requests_per_minute, max_tokens_per_minute
         last_update = time.time()
         finished = False
+        tasks: set[asyncio.Task[None]] = set()
         t0 = time.monotonic()
         conn = aiohttp.TCPConnector(limit=max_connections)
         async with aiohttp.ClientSession(connector=conn) as session:
@@ -224,13 +225,18 @@ def cookbook_processor(
                     tok_capacity + max_tokens_per_minute * elapsed / 60, max_tokens_per_minute
                 )
                 last_update = now
-                if next_request is not None and req_capacity >= 1:
-                    if tok_capacity >= next_request.tokens:
-                        req_capacity -= 1
-                        tok_capacity -= next_request.tokens
-                        next_request.attempts_left -= 1
-                        asyncio.create_task(call(session, next_request, retry, st))
-                        next_request = None
+                if (
+                    next_request is not None
+                    and req_capacity >= 1
+                    and tok_capacity >= next_request.tokens
+                ):
+                    req_capacity -= 1
+                    tok_capacity -= next_request.tokens
+                    next_request.attempts_left -= 1
+                    task = asyncio.create_task(call(session, next_request, retry, st))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    next_request = None
                 if st.in_progress == 0:
                     break
                 await asyncio.sleep(0.001)

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,8 @@ def flashpipe(*args: str, timeout: float = 600) -> Proc:
     """`python -m pipeline ARGS` in a child process, reaped with os.wait4 for its peak RSS."""
     started = time.time()
     t0 = time.monotonic()
-    out_path = data_dir() / f"_out_{os.getpid()}.txt"
-    err_path = data_dir() / f"_err_{os.getpid()}.txt"
+    out_path = data_dir() / f"_out_{os.getpid()}_{threading.get_ident()}.txt"
+    err_path = data_dir() / f"_err_{os.getpid()}_{threading.get_ident()}.txt"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", *args],
@@ -67,6 +68,9 @@ def flashpipe(*args: str, timeout: float = 600) -> Proc:
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
     text = out_path.read_text(errors="replace")
+    err_text = err_path.read_text(errors="replace")
+    out_path.unlink()
+    err_path.unlink()
     m = re.search(r" in ([0-9.]+) s,", text)
     return Proc(
         wall,
@@ -74,7 +78,7 @@ def flashpipe(*args: str, timeout: float = 600) -> Proc:
         usage.ru_maxrss / 1024,
         started,
         text,
-        err_path.read_text(errors="replace"),
+        err_text,
         proc.returncode,
     )
 
