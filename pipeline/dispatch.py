@@ -157,6 +157,7 @@ class Dispatcher:
         call_cost = cost_usd(reply.usage, self.prices)
         self.budget.settle(reserve, call_cost)
         self.flow.settle_tokens(est_tokens, reply.usage.total)
+        self.flow.on_response(reply.error_class is ErrorClass.RATE_LIMITED)
         for state, share in zip(group, reply.usage.split(len(group)), strict=True):
             state.calls += 1
             state.usage = state.usage + share

@@ -43,6 +43,8 @@ from pipeline.transport import AiohttpTransport, Transport
 from pipeline.usage import ZERO
 
 log = logging.getLogger("flashpipe")
+LOOKUP_MIN = 1_000  # rows per resume lookup (the anti-join) while work is being found
+LOOKUP_MAX = 65_536
 
 CONTEXT_TOKENS = 1_048_576
 FLUSH_ROWS = 500
@@ -157,13 +159,25 @@ class JobRun:
             batches: Iterator[list[Row]] = read_batches(spec.input)
             pack: list[Row] = []
             pack_tokens = 0
-            while not self.stopping():
-                batch = await anyio.to_thread.run_sync(next, batches, None)
-                if batch is None:
+            group_rows = LOOKUP_MIN
+            exhausted = False
+            while not exhausted and not self.stopping():
+                batch: list[Row] = []
+                while len(batch) < group_rows:
+                    more = await anyio.to_thread.run_sync(next, batches, None)
+                    if more is None:
+                        exhausted = True
+                        break
+                    batch.extend(more)
+                if not batch:
                     break
                 stored = await self.store.run(
                     self.store.store.stored_positions, spec.name, [r.id for r in batch]
                 )
+                # each lookup scans the stored rows once: while whole groups are done (a resume
+                # far into a big job), look up ever larger groups to reach the work sooner
+                all_done = len(stored) == len(batch)
+                group_rows = min(LOOKUP_MAX, group_rows * 2) if all_done else LOOKUP_MIN
                 for row in batch:
                     invalid = self._invalid_reason(row, stored)
                     if invalid is _DONE:

@@ -8,6 +8,7 @@ and cannot change its rate. This bucket is FIFO, reserve/settle, re-ratable, and
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ Clock = Callable[[], float]
 
 
 _EPSILON = 1e-9
+# pace 2 % under the quota: a retry or clock skew must not push a 60 s window over it
+PACING = 0.98
 
 
 class TokenBucket:
@@ -71,7 +74,7 @@ class FifoLimiter:
     def __init__(self, per_minute: float, clock: Clock, *, window: float = 1.0):
         self.limit = per_minute
         self._window = window
-        rate = per_minute / 60.0
+        rate = per_minute * PACING / 60.0
         # a bucket of about one second of capacity keeps every 10 s window near rpm/6
         self.bucket = TokenBucket(rate, max(1.0, rate * window), clock)
         self._lock = anyio.Lock()
@@ -89,7 +92,7 @@ class FifoLimiter:
             self.bucket.refund(reserved - actual)
 
     def set_per_minute(self, per_minute: float) -> None:
-        rate = per_minute / 60.0
+        rate = per_minute * PACING / 60.0
         self.bucket.set_rate(rate, max(1.0, rate * self._window))
 
 
@@ -100,7 +103,7 @@ class Aimd:
     limit: float
     floor_fraction: float = 0.05
     decrease: float = 0.7
-    increase_fraction: float = 0.05  # of the limit, per quiet interval
+    increase_fraction: float = 0.05  # of the current rate (at least 1 % of the limit)
     quiet_interval: float = 5.0
     current: float = 0.0
     _last_change: float = -math.inf
@@ -119,9 +122,46 @@ class Aimd:
     def on_quiet(self, now: float) -> bool:
         if self.current >= self.limit or now - self._last_change < self.quiet_interval:
             return False
-        self.current = min(self.limit, self.current + self.limit * self.increase_fraction)
+        # a step relative to where we are: a key whose real quota is a tenth of the configured
+        # one climbs back in small steps instead of jumping past its quota each time
+        step = max(self.limit * 0.01, self.current * self.increase_fraction)
+        self.current = min(self.limit, self.current + step)
         self._last_change = now
         return True
+
+
+class Pressure:
+    """Share of 429s among the responses of the last few seconds (pure, clock injected).
+
+    A stray 429 (1 % of calls on a busy service) only delays its own request; a real quota
+    overrun makes most responses 429s and then the whole job slows down together.
+    """
+
+    def __init__(self, clock: Clock, *, window: int = 5, min_limited: int = 3, share: float = 0.1):
+        self._clock = clock
+        self._window = window
+        self._min_limited = min_limited
+        self._share = share
+        self._slots: deque[list[int]] = deque()  # [second, responses, limited]
+
+    def _trim(self, now: int) -> None:
+        while self._slots and self._slots[0][0] <= now - self._window:
+            self._slots.popleft()
+
+    def record(self, limited: bool) -> None:
+        now = int(self._clock())
+        if not self._slots or self._slots[-1][0] != now:
+            self._trim(now)
+            self._slots.append([now, 0, 0])
+        slot = self._slots[-1]
+        slot[1] += 1
+        slot[2] += limited
+
+    def high(self) -> bool:
+        self._trim(int(self._clock()))
+        responses = sum(s[1] for s in self._slots)
+        limited = sum(s[2] for s in self._slots)
+        return limited >= self._min_limited and limited >= self._share * responses
 
 
 class CooldownGate:
@@ -155,6 +195,7 @@ class FlowControl:
         self.tokens = FifoLimiter(tpm, clock) if tpm > 0 else None
         self.gate = CooldownGate(clock)
         self.aimd = Aimd(float(rpm)) if rpm > 0 else None
+        self.pressure = Pressure(clock)
         self.rate_limited = 0
 
     async def acquire(self, est_tokens: int) -> None:
@@ -174,8 +215,14 @@ class FlowControl:
         if self.tokens is not None:
             self.tokens.settle(est_tokens, actual_tokens)
 
+    def on_response(self, rate_limited: bool) -> None:
+        self.pressure.record(rate_limited)
+
     def on_rate_limited(self, delay: float | None) -> None:
+        """A 429: the request itself waits `delay`; under pressure every worker waits too."""
         self.rate_limited += 1
+        if not self.pressure.high():
+            return
         cooldown = delay if delay is not None else 2.0
         self.gate.close_for(cooldown)
         aimd, requests = self.aimd, self.requests

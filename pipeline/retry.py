@@ -64,8 +64,10 @@ class RetryPolicy:
         if cls is ErrorClass.RATE_LIMITED:
             if rate_limited >= self.max_rate_limited:
                 return Decision(Action.FAIL)
-            # the shared gate holds the server's delay; a little jitter spreads the re-sends
-            return Decision(Action.RETRY, rng.uniform(0, 0.25))
+            # wait the server's delay (the shared gate adds to it under pressure); a little
+            # jitter spreads the re-sends
+            wait = retry_after if retry_after is not None else self.backoff(rate_limited, rng)
+            return Decision(Action.RETRY, min(wait, self.max_delay * 3) + rng.uniform(0, 0.25))
         if attempts >= self.max_attempts:
             return Decision(Action.FAIL)
         if cls is ErrorClass.TRANSIENT:

@@ -90,3 +90,43 @@ def test_backoff_is_capped_and_grows(attempt: int, seed: int) -> None:
     d = policy.backoff(attempt, random.Random(seed))
     assert 0 < d <= policy.max_delay
     assert d >= min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1)) / 2
+
+
+def test_a_stray_429_delays_only_its_request_but_an_overrun_slows_everyone() -> None:
+    from pipeline.limits import FlowControl
+
+    clock = Clock()
+    flow = FlowControl(6000, 0, clock)
+    for i in range(300):  # 1 % stray 429s on a busy service, 100 responses a second
+        clock.t += 0.01
+        limited = i % 100 == 0
+        flow.on_response(limited)
+        if limited:
+            flow.on_rate_limited(1.0)
+    assert flow.gate.remaining() == 0 and flow.current_rpm == 6000
+    for _ in range(40):  # the key's real quota is far lower: most answers are 429s
+        clock.t += 0.01
+        flow.on_response(True)
+        flow.on_rate_limited(2.0)
+    assert flow.gate.remaining() > 1.5
+    assert flow.current_rpm is not None and flow.current_rpm < 6000
+
+
+def test_aimd_climbs_back_in_steps_relative_to_the_current_rate() -> None:
+    aimd = Aimd(3000.0)
+    t = 0.0
+    for _ in range(8):  # the real quota is 300/min: repeated 429s bring the rate down
+        t += 10.0
+        aimd.on_rate_limited(now=t, cooldown=2.0)
+    low = aimd.current
+    assert low < 300
+    t += 10.0
+    aimd.on_quiet(t)
+    assert aimd.current - low <= max(30.0, low * 0.05) + 1e-9  # not +150/min at once
+
+
+def test_a_429_retry_waits_the_servers_delay_without_burning_an_attempt() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    rng = random.Random(1)
+    decision = policy.decide(ErrorClass.RATE_LIMITED, 0, 5, rng, 7.0)
+    assert decision.action is Action.RETRY and 7.0 <= decision.delay <= 7.25
