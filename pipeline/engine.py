@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import orjson
+import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.budget import Budget
@@ -33,7 +34,7 @@ from pipeline.providers.base import Provider
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.providers.openai import OpenAIProvider
 from pipeline.retry import RetryPolicy
-from pipeline.sources import Row, count_rows_fast, read_batches
+from pipeline.sources import Frame, Row, count_rows_fast, read_frames
 from pipeline.spec import JobSpec
 from pipeline.store import CallRecord, ResultRecord, Store, StoreThread, now_utc, runner_id
 from pipeline.tasks import build_task
@@ -44,7 +45,7 @@ from pipeline.usage import ZERO
 
 log = logging.getLogger("flashpipe")
 LOOKUP_MIN = 1_000  # rows per resume lookup (the anti-join) while work is being found
-LOOKUP_MAX = 65_536
+LOOKUP_MAX = 131_072
 
 CONTEXT_TOKENS = 1_048_576
 FLUSH_ROWS = 500
@@ -154,59 +155,48 @@ class JobRun:
         self, work: ObjectSendStream[list[Row]], out: ObjectSendStream[Outcome | ResultRecord]
     ) -> None:
         spec = self.spec
-        per_request = spec.limits.rows_per_request
+        packer = Packer(spec.limits.rows_per_request, work)
         async with work, out:
-            batches: Iterator[list[Row]] = read_batches(spec.input)
-            pack: list[Row] = []
-            pack_tokens = 0
+            frames: Iterator[Frame] = read_frames(spec.input)
             group_rows = LOOKUP_MIN
             exhausted = False
             while not exhausted and not self.stopping():
-                batch: list[Row] = []
-                while len(batch) < group_rows:
-                    more = await anyio.to_thread.run_sync(next, batches, None)
-                    if more is None:
+                group: list[Frame] = []
+                size = 0
+                while size < group_rows:
+                    frame = await anyio.to_thread.run_sync(next, frames, None)
+                    if frame is None:
                         exhausted = True
                         break
-                    batch.extend(more)
-                if not batch:
+                    group.append(frame)
+                    size += len(frame)
+                if not group:
                     break
-                stored = await self.store.run(
-                    self.store.store.stored_positions, spec.name, [r.id for r in batch]
-                )
+                ids = pa.concat_arrays([f.ids() for f in group])
+                positions = pa.concat_arrays([f.positions() for f in group])
+                todo = await self.store.run(self.store.store.to_do, spec.name, ids, positions)
                 # each lookup scans the stored rows once: while whole groups are done (a resume
                 # far into a big job), look up ever larger groups to reach the work sooner
-                all_done = len(stored) == len(batch)
-                group_rows = min(LOOKUP_MAX, group_rows * 2) if all_done else LOOKUP_MIN
-                for row in batch:
-                    invalid = self._invalid_reason(row, stored)
-                    if invalid is _DONE:
-                        continue
-                    if invalid is not None:
-                        rid = row.pos if invalid.startswith("duplicate") else row.id
-                        await out.send(_invalid_result(rid, row, invalid, spec.input.keep))
-                        continue
-                    self.in_progress[row.id] = row.pos
-                    tokens = estimate_tokens(row.text or "")
-                    if pack and pack_tokens + tokens > 8_000:
-                        await work.send(pack)
-                        pack, pack_tokens = [], 0
-                    pack.append(row)
-                    pack_tokens += tokens
-                    if len(pack) >= per_request:
-                        await work.send(pack)
-                        pack, pack_tokens = [], 0
-                    if self.stopping():
-                        break
-            if pack and not self.stopping():
-                await work.send(pack)
+                group_rows = min(LOOKUP_MAX, group_rows * 2) if not todo else LOOKUP_MIN
+                stored = {ids[i].as_py(): p for i, p in todo.items() if p is not None}
+                for frame, picked in _split(group, todo):
+                    rows = await anyio.to_thread.run_sync(frame.rows, picked)
+                    for row in rows:
+                        invalid = self._invalid_reason(row, stored)
+                        if invalid is not None:
+                            rid = row.pos if invalid.startswith("duplicate") else row.id
+                            await out.send(_invalid_result(rid, row, invalid, spec.input.keep))
+                            continue
+                        self.in_progress[row.id] = row.pos
+                        await packer.add(row)
+                        if self.stopping():
+                            return
+            if not self.stopping():
+                await packer.flush()
 
-    def _invalid_reason(self, row: Row, stored: dict[str, str | None]) -> str | None:
-        if row.id in stored:
-            first = stored[row.id]
-            if first is None or first == row.pos:
-                return _DONE
-            return f"duplicate id {row.id!r} (first at {first})"
+    def _invalid_reason(self, row: Row, stored: dict[str, str]) -> str | None:
+        if row.id in stored:  # stored from another input position
+            return f"duplicate id {row.id!r} (first at {stored[row.id]})"
         if row.id in self.in_progress:
             return f"duplicate id {row.id!r} (first at {self.in_progress[row.id]})"
         if row.error is not None:
@@ -342,9 +332,6 @@ class JobRun:
                     workers.cancel()
 
 
-_DONE = "\x00done"
-
-
 def _invalid_result(row_id: str, row: Row, reason: str, keep: tuple[str, ...]) -> ResultRecord:
     kept = {k: row.fields.get(k) for k in keep} if keep and row.fields else None
     return ResultRecord(
@@ -359,6 +346,49 @@ def _invalid_result(row_id: str, row: Row, reason: str, keep: tuple[str, ...]) -
         kept=kept,
         finished_at=now_utc(),
     )
+
+
+class Packer:
+    """Groups rows into requests: `rows_per_request` at most, and about 8k tokens at most."""
+
+    MAX_TOKENS = 8_000
+
+    def __init__(self, per_request: int, work: ObjectSendStream[list[Row]]):
+        self.per_request = per_request
+        self.work = work
+        self.pack: list[Row] = []
+        self.tokens = 0
+
+    async def add(self, row: Row) -> None:
+        tokens = estimate_tokens(row.text or "")
+        if self.pack and self.tokens + tokens > self.MAX_TOKENS:
+            await self.flush()
+        self.pack.append(row)
+        self.tokens += tokens
+        if len(self.pack) >= self.per_request:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pack:
+            await self.work.send(self.pack)
+        self.pack, self.tokens = [], 0
+
+
+def _split(group: list[Frame], todo: dict[int, str | None]) -> list[tuple[Frame, list[int] | None]]:
+    """Per frame of the group, the indices still to do (None: all of them)."""
+    out: list[tuple[Frame, list[int] | None]] = []
+    wanted = sorted(todo)
+    k = start = 0
+    for frame in group:
+        end = start + len(frame)
+        picked = []
+        while k < len(wanted) and wanted[k] < end:
+            picked.append(wanted[k] - start)
+            k += 1
+        if picked:
+            out.append((frame, picked if len(picked) < len(frame) else None))
+        start = end
+    return out
 
 
 async def run_job(

@@ -6,6 +6,7 @@ the reason in `error`; the engine stores it as an `invalid` result and goes on.
 
 from __future__ import annotations
 
+import functools
 import glob
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import SpecError
 from pipeline.spec import InputSpec
 
 BATCH_ROWS = 1000
+PARQUET_FRAME_ROWS = 8192  # Arrow reads are cheap per batch; rows are built only when needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +61,114 @@ def _kind(path: Path) -> str | None:
 
 def read_batches(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator[list[Row]]:
     """Yield batches of rows from every input file in order."""
+    for frame in read_frames(spec, batch_rows):
+        yield frame.rows()
+
+
+class Frame:
+    """A batch of input whose ids are known before its rows are built.
+
+    Resume looks the ids up first and builds Row objects only for the rows still to do, so
+    skipping a million stored Parquet rows costs Arrow reads, not a million Python objects.
+    """
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def ids(self) -> pa.Array:
+        raise NotImplementedError
+
+    def positions(self) -> pa.Array:
+        raise NotImplementedError
+
+    def rows(self, indices: list[int] | None = None) -> list[Row]:
+        raise NotImplementedError
+
+
+class _RowFrame(Frame):
+    def __init__(self, rows: list[Row]):
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def ids(self) -> pa.Array:
+        return pa.array([r.id for r in self._rows], pa.string())
+
+    def positions(self) -> pa.Array:
+        return pa.array([r.pos for r in self._rows], pa.string())
+
+    def rows(self, indices: list[int] | None = None) -> list[Row]:
+        return self._rows if indices is None else [self._rows[i] for i in indices]
+
+
+class _ArrowFrame(Frame):
+    def __init__(self, batch: pa.RecordBatch, spec: InputSpec, prefix: str, offset: int):
+        self._batch = batch
+        self._spec = spec
+        self._prefix = f"{prefix}row:"
+        self._offset = offset
+
+    def __len__(self) -> int:
+        return int(self._batch.num_rows)
+
+    def _pos(self, i: int) -> str:
+        return f"{self._prefix}{self._offset + i + 1}"
+
+    def positions(self) -> pa.Array:
+        numbers = pc.add(_counting(len(self)), self._offset + 1)
+        return pc.binary_join_element_wise(self._prefix, numbers.cast(pa.string()), "")
+
+    def ids(self) -> pa.Array:
+        if self._spec.id is None:
+            return self.positions()
+        column = self._batch.column(self._spec.id)
+        if column.null_count == 0 and (
+            pa.types.is_integer(column.type)
+            or (
+                (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
+                and (len(column) == 0 or pc.min(pc.utf8_length(column)).as_py() > 0)
+            )
+        ):
+            return column.cast(pa.string())
+        # odd ids (floats, nulls, empties): row by row, as _make_row will see them
+        texts = [_id_text(v) or self._pos(i) for i, v in enumerate(column.to_pylist())]
+        return pa.array(texts, pa.string())
+
+    def rows(self, indices: list[int] | None = None) -> list[Row]:
+        batch = self._batch if indices is None else self._batch.take(pa.array(indices, pa.int64()))
+        picked = range(len(self)) if indices is None else indices
+        return [
+            _make_row(rec, self._spec, self._pos(i))
+            for i, rec in zip(picked, batch.to_pylist(), strict=True)
+        ]
+
+
+@functools.cache
+def _counting(n: int) -> pa.Array:
+    """0, 1, ..., n-1 as an Arrow array (built once per frame size)."""
+    return pa.array(range(n), pa.int64())
+
+
+def _id_text(value: Any) -> str | None:
+    """The id as the store keeps it; None when missing or unusable (_make_row says why)."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value) if isinstance(value, str | int | float) else None
+
+
+def read_frames(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator[Frame]:
+    """Yield frames from every input file in order."""
     files = input_files(spec)
     for f in files:
         prefix = f"{f.name}#" if len(files) > 1 else ""
-        reader = _jsonl_batches if _kind(f) == "jsonl" else _parquet_batches
-        yield from reader(f, spec, prefix, batch_rows)
+        if _kind(f) == "jsonl":
+            for rows in _jsonl_batches(f, spec, prefix, batch_rows):
+                yield _RowFrame(rows)
+        else:
+            yield from _parquet_frames(f, spec, prefix, max(batch_rows, PARQUET_FRAME_ROWS))
 
 
 def _make_row(record: Any, spec: InputSpec, pos: str) -> Row:
@@ -117,7 +224,7 @@ def _jsonl_batches(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterator
         yield batch
 
 
-def _parquet_batches(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterator[list[Row]]:
+def _parquet_frames(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterator[Frame]:
     import pyarrow.parquet as pq
 
     try:
@@ -131,16 +238,16 @@ def _parquet_batches(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterat
         raise SpecError(
             f"input.text: column {spec.text!r} is not in {path.name} (columns: {', '.join(sorted(names))})"
         )
+    if spec.id is not None and spec.id not in names:
+        raise SpecError(
+            f"input.id: column {spec.id!r} is not in {path.name} (columns: {', '.join(sorted(names))})"
+        )
     wanted = [c for c in {spec.text, *(spec.keep), *([spec.id] if spec.id else [])} if c in names]
     wanted = sorted(wanted)
     offset = 0
     for rb in pf.iter_batches(batch_size=n, columns=wanted):
-        records = rb.to_pylist()
-        batch = [
-            _make_row(rec, spec, f"{prefix}row:{offset + i + 1}") for i, rec in enumerate(records)
-        ]
-        offset += len(records)
-        yield batch
+        yield _ArrowFrame(rb, spec, prefix, offset)
+        offset += rb.num_rows
 
 
 def count_rows_fast(spec: InputSpec) -> tuple[int, bool]:

@@ -321,6 +321,28 @@ class Store:
             self.con.unregister("_cand")
         return {r[0]: r[1] for r in rows}
 
+    def to_do(self, job: str, row_ids: pa.Array, positions: pa.Array) -> dict[int, str | None]:
+        """The anti-join of resume: candidates with no stored result, or stored from another
+        input position (a duplicate id). Index -> the position that stored it (or None)."""
+        cand = pa.table(
+            {
+                "row_id": row_ids,
+                "pos": positions,
+                "idx": pa.array(range(len(row_ids)), pa.int64()),
+            }
+        )
+        self.con.register("_cand", cand)
+        try:
+            rows = self.con.execute(
+                "SELECT c.idx, r.pos FROM _cand c LEFT JOIN"
+                " (SELECT row_id, pos FROM results WHERE job = ?) r ON r.row_id = c.row_id"
+                " WHERE r.row_id IS NULL OR (r.pos IS NOT NULL AND r.pos <> c.pos)",
+                [job],
+            ).fetchall()
+        finally:
+            self.con.unregister("_cand")
+        return {int(i): p for i, p in rows}
+
     # -- the single writer ---------------------------------------------------------------
     def write(self, job: str, results: Sequence[ResultRecord], calls: Sequence[CallRecord]) -> None:
         """Store results and calls in one transaction; a row stored before keeps its result."""
