@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -30,18 +31,25 @@ class Proc:
     stdout: str
     stderr: str
     code: int
+    interrupted: bool = False
 
 
-def run_job(doc: dict[str, Any], db: Path, *, timeout: float = 600) -> Proc:
-    """Write the job file, run it with the CLI; raise when it does not finish cleanly."""
+def run_job(
+    doc: dict[str, Any], db: Path, *, timeout: float = 600, stop_after: float | None = None
+) -> Proc:
+    """Write the job file, run it with the CLI; raise when it does not finish cleanly.
+
+    With `stop_after`, the run gets SIGINT after that many seconds (a graceful stop)."""
     job = write_toml(doc, data_dir() / f"{doc['name']}.toml")
-    p = flashpipe("run", str(job), "--db", str(db), "--quiet", timeout=timeout)
-    if p.code != 0:
+    p = flashpipe(
+        "run", str(job), "--db", str(db), "--quiet", timeout=timeout, stop_after=stop_after
+    )
+    if p.code != 0 and not (p.interrupted and p.code == 130):
         raise RuntimeError(f"job {doc['name']} exited {p.code}: {p.stderr.strip()[-800:]}")
     return p
 
 
-def flashpipe(*args: str, timeout: float = 600) -> Proc:
+def flashpipe(*args: str, timeout: float = 600, stop_after: float | None = None) -> Proc:
     """`python -m pipeline ARGS` in a child process, reaped with os.wait4 for its peak RSS."""
     started = time.time()
     t0 = time.monotonic()
@@ -56,7 +64,12 @@ def flashpipe(*args: str, timeout: float = 600) -> Proc:
             env=dict(os.environ, PYTHONUNBUFFERED="1", GEMINI_API_KEY=KEY, OPENAI_API_KEY=KEY),
         )
         deadline = time.monotonic() + timeout
+        stop_at = time.monotonic() + stop_after if stop_after is not None else None
+        interrupted = False
         while True:
+            if stop_at is not None and not interrupted and time.monotonic() > stop_at:
+                proc.send_signal(signal.SIGINT)
+                interrupted = True
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -80,6 +93,7 @@ def flashpipe(*args: str, timeout: float = 600) -> Proc:
         text,
         err_text,
         proc.returncode,
+        interrupted,
     )
 
 

@@ -1,0 +1,89 @@
+"""`make bench`: run every bench (or `--only NAME[,NAME]`), write results.md, print a summary.
+
+Exit status is 0 when every bench ran (targets missed or not); 1 when a bench crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.bench import speed, state
+from tests.bench.report import Section, summary, write
+
+RESULTS = Path(__file__).resolve().parent / "results.md"
+
+# name, title, function; order = report order
+BENCHES: list[tuple[str, str, Callable[[Section], None]]] = [
+    ("sim", "1. Simulator speed", speed.bench_sim),
+    ("throughput", "2. Throughput vs the naive stack (50,000 rows, clean)", speed.bench_throughput),
+    ("latency", "3. Throughput at 200 ms latency", speed.bench_latency),
+    (
+        "ratelimit",
+        "4. Rate-limit utilization (realistic, 100 ms, rpm 6000, auto)",
+        state.bench_ratelimit,
+    ),
+    ("rpm", "5. RPM windows (issue 4)", state.bench_rpm_windows),
+    ("memory", "6. Memory flatness (peak RSS of the flashpipe process)", state.bench_memory),
+    ("store", "7. Store write rate", state.bench_store),
+    ("resume", "8. Resume start", state.bench_resume),
+    ("packing", "9. Packing (5,000 rows)", speed.bench_packing),
+    ("estimate", "10. Estimate", speed.bench_estimate),
+    ("peers", "11. Peers", speed.bench_peers),
+]
+# mostly idle (a few requests per second): run alongside the others to save wall time
+BACKGROUND = {"rpm"}
+
+
+def _run(sec: Section, fn: Callable[[Section], None]) -> None:
+    t0 = time.monotonic()
+    try:
+        fn(sec)
+    except Exception as exc:  # a crashed bench is recorded, the others still run
+        sec.error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    sec.seconds = time.monotonic() - t0
+    print(f"  done {sec.name} in {sec.seconds:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.bench.run")
+    ap.add_argument("--only", default="", help="comma-separated bench names")
+    ap.add_argument("--output", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    names = [n for n, _, _ in BENCHES]
+    only = [n.strip() for n in args.only.split(",") if n.strip()] or names
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        ap.error(f"unknown bench {', '.join(unknown)}; known: {', '.join(names)}")
+    chosen = [(n, t, f) for n, t, f in BENCHES if n in only]
+    sections = {n: Section(n, t) for n, t, _ in chosen}
+    t0 = time.monotonic()
+    threads = []
+    for n, _, f in chosen:
+        if n in BACKGROUND and len(chosen) > 1:
+            sections[n].note("ran in a background thread while the other benches ran")
+            th = threading.Thread(target=_run, args=(sections[n], f), daemon=True)
+            th.start()
+            threads.append(th)
+    for n, _, f in chosen:
+        if n in BACKGROUND and len(chosen) > 1:
+            continue
+        print(f"running {n} ...", flush=True)
+        _run(sections[n], f)
+    for th in threads:
+        th.join()
+    total = time.monotonic() - t0
+    ordered = [sections[n] for n, _, _ in chosen]
+    write(Path(args.output), ordered, total)
+    print(summary(ordered))
+    print(f"total {total:.0f} s; wrote {args.output}")
+    return 1 if any(s.error for s in ordered) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
