@@ -294,7 +294,7 @@ def bench_store(sec: Section, rows: int = 100_000, batch: int = 500) -> None:
         "batch; flashpipe's figure includes building the Arrow tables from its records"
     )
     sec.add(
-        "  bare Arrow INSERT with ON CONFLICT DO NOTHING (as Store.write does)",
+        "  bare Arrow INSERT with ON CONFLICT DO NOTHING (Store.write's fallback on a conflict)",
         f"{bare_oc:,.0f} rows/s",
         f"{bare:,.0f} rows/s",
         bare_oc / bare,
