@@ -31,6 +31,20 @@ from pipeline.usage import ZERO, Usage
 MAX_OUTPUT_CAP = 65_536
 
 
+class InFlightCounter:
+    """Counts requests in flight where the number of workers already bounds them."""
+
+    def __init__(self, total: int):
+        self.total_tokens = total
+        self.borrowed_tokens = 0
+
+    async def __aenter__(self) -> None:
+        self.borrowed_tokens += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.borrowed_tokens -= 1
+
+
 class StopDispatch(Exception):
     """Raised inside a worker when the job as a whole must stop (provider stop or budget)."""
 
@@ -76,7 +90,7 @@ class Dispatcher:
         policy: RetryPolicy,
         max_output_tokens: int,
         run_no: int,
-        in_flight: anyio.CapacityLimiter,
+        in_flight: anyio.CapacityLimiter | InFlightCounter,
         stopping: Callable[[], bool],
         keep: tuple[str, ...] = (),
         seed: int = 0,

@@ -22,9 +22,10 @@ import anyio
 import orjson
 import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.budget import Budget
-from pipeline.dispatch import Dispatcher, Outcome, StopDispatch
+from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
 from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.limits import FlowControl
@@ -110,7 +111,10 @@ class JobRun:
         self.auto = conc is None
         self.workers = conc if conc is not None else AUTO_CAP
         start = conc if conc is not None else self._auto_target(0.5)
-        self.in_flight = anyio.CapacityLimiter(start)
+        # with a fixed concurrency the workers already bound what is in flight: just count
+        self.in_flight: anyio.CapacityLimiter | InFlightCounter = (
+            anyio.CapacityLimiter(start) if self.auto else InFlightCounter(start)
+        )
         self.stop_reason: str | None = None
         self.stop_message: str | None = None
         self.hard_stop = False
@@ -227,7 +231,7 @@ class JobRun:
                     self.request_stop(stop.reason, str(stop))
 
     # -- writer ------------------------------------------------------------------------------
-    async def write(self, inbox: ObjectReceiveStream[Outcome | ResultRecord]) -> None:
+    async def write(self, inbox: MemoryObjectReceiveStream[Outcome | ResultRecord]) -> None:
         """Receive outcomes, journal each call at once, and hand batches to the committer.
 
         Receiving never waits for a commit: while one batch commits, the next one fills and
@@ -245,19 +249,27 @@ class JobRun:
             async with inbox, batches_send:
                 closed = False
                 while not closed:
+                    msgs: list[Outcome | ResultRecord] = []
                     with anyio.move_on_after(FLUSH_SECONDS):
                         try:
-                            msg = await inbox.receive()
+                            msgs.append(await inbox.receive())
+                            while len(msgs) < 512:  # take what is queued: one journal write
+                                msgs.append(inbox.receive_nowait())
+                        except anyio.WouldBlock:
+                            pass
                         except anyio.EndOfStream:
                             closed = True
+                    received = []
+                    for msg in msgs:
+                        if isinstance(msg, Outcome):
+                            received.append(msg.call)
+                            results.extend(msg.results)
+                            self._count_call(msg)
                         else:
-                            if isinstance(msg, Outcome):
-                                self.journal.append(self.spec.name, msg.call)
-                                calls.append(msg.call)
-                                results.extend(msg.results)
-                                self._count_call(msg)
-                            else:
-                                results.append(msg)
+                            results.append(msg)
+                    if received:
+                        self.journal.append(self.spec.name, received)
+                        calls.extend(received)
                     now = time.monotonic()
                     due = len(results) >= FLUSH_ROWS or now - last >= FLUSH_SECONDS
                     if (results or calls) and (closed or (due and self._committed.is_set())):
@@ -300,7 +312,9 @@ class JobRun:
             self.stats.rpm_current = self.flow.current_rpm
             if self.auto:
                 target = self._auto_target(self.dispatcher.latency_ewma)
-                if target != self.in_flight.total_tokens:
+                if isinstance(self.in_flight, anyio.CapacityLimiter) and (
+                    target != self.in_flight.total_tokens
+                ):
                     self.in_flight.total_tokens = target
             self.progress.update(self.stats)
             self.write_snapshot()

@@ -104,8 +104,8 @@ class CallJournal:
         self.current = Path(f"{self._base}.{self._gen}")
         self._fd = os.open(self.current, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
 
-    def append(self, job: str, call: CallRecord) -> None:
-        os.write(self._fd, encode(job, call))
+    def append(self, job: str, calls: list[CallRecord]) -> None:
+        os.write(self._fd, b"".join(encode(job, c) for c in calls))
 
     def rotate(self) -> Path:
         """Close the current generation (it holds exactly the batch being handed off)."""

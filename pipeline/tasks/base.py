@@ -11,6 +11,7 @@ from jsonschema import Draft202012Validator
 
 from pipeline.providers.base import Shape
 from pipeline.sources import Row
+from pipeline.tasks.fastcheck import compile_check
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Task:
         self.item_schema = item_schema
         self.shape = Shape(self.name, system, item_schema)
         self._validator = Draft202012Validator(item_schema)
+        self._fast_check = compile_check(item_schema)
 
     def render(self, row: Row) -> str:
         """The user text for one row."""
@@ -61,7 +63,12 @@ class Task:
         """(output, None) for a usable answer, else (None, reason)."""
         if not isinstance(answer, dict):
             return None, f"answer is {type(answer).__name__}, expected an object"
-        error = next(iter(self._validator.iter_errors(answer)), None)
+        fast = self._fast_check
+        error = (
+            None
+            if fast is not None and fast(answer)
+            else next(iter(self._validator.iter_errors(answer)), None)
+        )
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "answer"
             return None, f"schema: {where}: {error.message}"[:300]
