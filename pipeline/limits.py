@@ -197,6 +197,7 @@ class FlowControl:
         self.aimd = Aimd(float(rpm)) if rpm > 0 else None
         self.pressure = Pressure(clock)
         self.rate_limited = 0
+        self._last_limited = -math.inf
 
     async def acquire(self, est_tokens: int) -> None:
         await self.gate.wait()
@@ -204,12 +205,15 @@ class FlowControl:
             await self.requests.reserve(1)
         if self.tokens is not None:
             await self.tokens.reserve(est_tokens)
+        aimd, requests, now = self.aimd, self.requests, self._clock()
+        # climb back only after a quiet spell: no 429 at all, not even a stray one
         if (
-            self.aimd is not None
-            and self.requests is not None
-            and self.aimd.on_quiet(self._clock())
+            aimd is not None
+            and requests is not None
+            and now - self._last_limited >= aimd.quiet_interval
+            and aimd.on_quiet(now)
         ):
-            self.requests.set_per_minute(self.aimd.current)
+            requests.set_per_minute(aimd.current)
 
     def settle_tokens(self, est_tokens: int, actual_tokens: int) -> None:
         if self.tokens is not None:
@@ -221,6 +225,7 @@ class FlowControl:
     def on_rate_limited(self, delay: float | None) -> None:
         """A 429: the request itself waits `delay`; under pressure every worker waits too."""
         self.rate_limited += 1
+        self._last_limited = self._clock()
         if not self.pressure.high():
             return
         cooldown = delay if delay is not None else 2.0
