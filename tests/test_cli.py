@@ -266,18 +266,31 @@ def test_wrong_key_exits_4_and_the_key_is_never_written(
     assert secret.encode() not in db.read_bytes()
 
 
-def test_budget_exit_3_then_resume_with_a_higher_cap(sim: SimProcess, tmp_path: Path) -> None:
+def test_budget_at_half_the_estimate_exits_3_then_resume_finishes(
+    sim: SimProcess, tmp_path: Path
+) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(300))
-    job = job_file(tmp_path, sim, src, extra="[budget]\nmax_usd = 0.005")
+    estimate = json.loads(run_cli("estimate", str(job_file(tmp_path, sim, src)), "--json").stdout)
+    cap = float(estimate["usd"]) / 2
+    job = job_file(tmp_path, sim, src, extra=f"[budget]\nmax_usd = {cap}")
     db = tmp_path / "s.duckdb"
     capped = run_cli("run", str(job), "--db", str(db), "--quiet", env=env())
     assert capped.returncode == 3
     assert "max_usd" in one_line_error(capped)
+    spent = sql(db, "SELECT sum(cost_usd) FROM calls")[0][0]
+    assert 0 < spent <= cap
     resumed = run_cli(
         "resume", "cli", "--db", str(db), "--quiet", "--set", "budget.max_usd=1", env=env()
     )
     assert resumed.returncode == 0, resumed.stderr
     assert sql(db, "SELECT count(DISTINCT row_id), count(*) FROM results") == [(300, 300)]
+    status = json.loads(run_cli("status", "cli", "--json", "--db", str(db)).stdout)["jobs"][0]
+    assert status["rows_paid_twice"] == 0
+    twice = sql(
+        db,
+        "SELECT count(*) FROM (SELECT unnest(row_ids) r FROM calls) GROUP BY r HAVING count(*) > 1",
+    )
+    assert twice == []
 
 
 def test_results_export_retry_and_cost_json(sim: SimProcess, tmp_path: Path) -> None:
