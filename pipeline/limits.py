@@ -131,37 +131,27 @@ class Aimd:
 
 
 class Pressure:
-    """Share of 429s among the responses of the last few seconds (pure, clock injected).
+    """Share of 429s among the last responses (pure).
 
     A stray 429 (1 % of calls on a busy service) only delays its own request; a real quota
-    overrun makes most responses 429s and then the whole job slows down together.
+    overrun makes a steady share of responses 429s and then the whole job slows down together.
+    Counting responses rather than seconds makes it as sensitive at 5 requests/s as at 500.
     """
 
-    def __init__(self, clock: Clock, *, window: int = 5, min_limited: int = 3, share: float = 0.1):
-        self._clock = clock
-        self._window = window
+    def __init__(self, *, size: int = 50, min_limited: int = 4, share: float = 0.08):
+        self._last: deque[bool] = deque(maxlen=size)
+        self._limited = 0
         self._min_limited = min_limited
         self._share = share
-        self._slots: deque[list[int]] = deque()  # [second, responses, limited]
-
-    def _trim(self, now: int) -> None:
-        while self._slots and self._slots[0][0] <= now - self._window:
-            self._slots.popleft()
 
     def record(self, limited: bool) -> None:
-        now = int(self._clock())
-        if not self._slots or self._slots[-1][0] != now:
-            self._trim(now)
-            self._slots.append([now, 0, 0])
-        slot = self._slots[-1]
-        slot[1] += 1
-        slot[2] += limited
+        if len(self._last) == self._last.maxlen:
+            self._limited -= self._last[0]
+        self._last.append(limited)
+        self._limited += limited
 
     def high(self) -> bool:
-        self._trim(int(self._clock()))
-        responses = sum(s[1] for s in self._slots)
-        limited = sum(s[2] for s in self._slots)
-        return limited >= self._min_limited and limited >= self._share * responses
+        return self._limited >= self._min_limited and self._limited >= self._share * len(self._last)
 
 
 class CooldownGate:
@@ -195,7 +185,7 @@ class FlowControl:
         self.tokens = FifoLimiter(tpm, clock) if tpm > 0 else None
         self.gate = CooldownGate(clock)
         self.aimd = Aimd(float(rpm)) if rpm > 0 else None
-        self.pressure = Pressure(clock)
+        self.pressure = Pressure()
         self.rate_limited = 0
         self._last_limited = -math.inf
 

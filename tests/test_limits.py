@@ -130,3 +130,16 @@ def test_a_429_retry_waits_the_servers_delay_without_burning_an_attempt() -> Non
     rng = random.Random(1)
     decision = policy.decide(ErrorClass.RATE_LIMITED, 0, 5, rng, 7.0)
     assert decision.action is Action.RETRY and 7.0 <= decision.delay <= 7.25
+
+
+def test_pressure_counts_responses_so_slow_jobs_feel_it_too() -> None:
+    from pipeline.limits import Pressure
+
+    pressure = Pressure()
+    for i in range(50):  # one in ten rejected: a quota overrun, whatever the request rate
+        pressure.record(i % 10 == 0)
+    assert pressure.high()
+    stray = Pressure()
+    for i in range(500):  # one in a hundred: a busy service, not our quota
+        stray.record(i % 100 == 0)
+        assert not stray.high()
