@@ -18,6 +18,7 @@ class Budget:
         self.spent = spent
         self.reserved = Decimal(0)
         self._settled = anyio.Event()
+        self._waiting = 0
 
     def try_reserve(self, amount: Decimal) -> bool:
         if self.cap is not None and self.spent + self.reserved + amount > self.cap:
@@ -30,14 +31,19 @@ class Budget:
         while not self.try_reserve(amount):
             if self.reserved == 0:
                 return False
-            await self._settled.wait()
+            self._waiting += 1
+            try:
+                await self._settled.wait()
+            finally:
+                self._waiting -= 1
         return True
 
     def settle(self, reserved: Decimal, actual: Decimal) -> None:
         self.reserved -= reserved
         self.spent += actual
-        self._settled.set()
-        self._settled = anyio.Event()
+        if self._waiting:  # an Event per settle would cost every call; only wake real waiters
+            self._settled.set()
+            self._settled = anyio.Event()
 
     @property
     def left(self) -> Decimal | None:

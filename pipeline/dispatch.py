@@ -31,6 +31,9 @@ from pipeline.usage import ZERO, Usage
 MAX_OUTPUT_CAP = 65_536
 
 
+_ZERO = Decimal(0)
+
+
 class InFlightCounter:
     """Counts requests in flight where the number of workers already bounds them."""
 
@@ -155,8 +158,12 @@ class Dispatcher:
 
     async def _attempt(self, group: list[RowState], emit: Emit) -> list[list[RowState]]:
         prompt, est_tokens = self._prompt(group)
-        est_prompt = est_tokens - self.task.expected_output_tokens(prompt.user)
-        reserve = worst_case_cost(int(est_prompt * 1.5) + 64, prompt.max_output_tokens, self.prices)
+        reserve = _ZERO
+        if self.budget.cap is not None:  # the worst case matters only against a cap
+            est_prompt = est_tokens - self.task.expected_output_tokens(prompt.user)
+            reserve = worst_case_cost(
+                int(est_prompt * 1.5) + 64, prompt.max_output_tokens, self.prices
+            )
         if not await self.budget.reserve(reserve):
             raise StopDispatch("budget", "budget.max_usd reached")
         try:

@@ -143,3 +143,9 @@ def test_pressure_counts_responses_so_slow_jobs_feel_it_too() -> None:
     for i in range(500):  # one in a hundred: a busy service, not our quota
         stray.record(i % 100 == 0)
         assert not stray.high()
+
+
+def test_a_quota_far_below_the_limit_is_found_in_one_step() -> None:
+    aimd = Aimd(3000.0)
+    assert aimd.on_rate_limited(now=100.0, cooldown=30.0, accepted=300.0)
+    assert aimd.current == 285.0  # just under what the server took last minute, not 2100
