@@ -111,19 +111,12 @@ class Aimd:
     def __post_init__(self) -> None:
         self.current = self.limit
 
-    def on_rate_limited(self, now: float, cooldown: float, accepted: float | None = None) -> bool:
-        """Lower the rate (at most once a second); True when it changed.
-
-        `accepted` is what the server took over the last minute (requests/min), when known: the
-        key's real quota. Dropping straight to just under it converges in one step where a
-        key's quota is far below the configured limit.
-        """
+    def on_rate_limited(self, now: float, cooldown: float) -> bool:
+        """Lower the rate once per cool-down, and at least every 5 s under pressure; True when it
+        changed. A key whose real quota is a tenth of the configured one gets there in ~30 s."""
         if now - self._last_change < min(5.0, max(1.0, cooldown)):
             return False
-        target = self.current * self.decrease
-        if accepted is not None:
-            target = min(target, accepted * 0.95)
-        self.current = max(self.limit * self.floor_fraction, target)
+        self.current = max(self.limit * self.floor_fraction, self.current * self.decrease)
         self._last_change = now
         return True
 
@@ -196,8 +189,6 @@ class FlowControl:
         self.pressure = Pressure()
         self.rate_limited = 0
         self._last_limited = -math.inf
-        self._accepted: deque[float] = deque()
-        self._started = clock()
 
     async def acquire(self, est_tokens: int) -> None:
         await self.gate.wait()
@@ -221,17 +212,6 @@ class FlowControl:
 
     def on_response(self, rate_limited: bool) -> None:
         self.pressure.record(rate_limited)
-        if not rate_limited and self.aimd is not None:
-            now = self._clock()
-            self._accepted.append(now)
-            while self._accepted[0] < now - 60.0:
-                self._accepted.popleft()
-
-    def accepted_per_minute(self) -> float | None:
-        """Requests the server accepted in the last minute; None before a minute has passed."""
-        if self._clock() - self._started < 60.0:
-            return None
-        return float(len(self._accepted))
 
     def on_rate_limited(self, delay: float | None) -> None:
         """A 429: the request itself waits `delay`; under pressure every worker waits too."""
@@ -245,7 +225,7 @@ class FlowControl:
         if (
             aimd is not None
             and requests is not None
-            and aimd.on_rate_limited(self._clock(), cooldown, self.accepted_per_minute())
+            and aimd.on_rate_limited(self._clock(), cooldown)
         ):
             requests.set_per_minute(aimd.current)
 

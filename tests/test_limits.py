@@ -145,7 +145,12 @@ def test_pressure_counts_responses_so_slow_jobs_feel_it_too() -> None:
         assert not stray.high()
 
 
-def test_a_quota_far_below_the_limit_is_found_in_one_step() -> None:
+def test_under_pressure_the_rate_falls_every_5_s_even_with_long_server_delays() -> None:
     aimd = Aimd(3000.0)
-    assert aimd.on_rate_limited(now=100.0, cooldown=30.0, accepted=300.0)
-    assert aimd.current == 285.0  # just under what the server took last minute, not 2100
+    t = 100.0
+    steps = 0
+    while aimd.current > 300:
+        t += 5.0
+        assert aimd.on_rate_limited(now=t, cooldown=40.0)
+        steps += 1
+    assert steps <= 7  # 3000 -> under 300 in about 30 s, not one step per 40 s
