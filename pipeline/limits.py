@@ -188,7 +188,7 @@ class FlowControl:
         self.aimd = Aimd(float(rpm)) if rpm > 0 else None
         self.pressure = Pressure()
         self.rate_limited = 0
-        self._last_limited = -math.inf
+        self._last_pressure = -math.inf
 
     async def acquire(self, est_tokens: int) -> None:
         await self.gate.wait()
@@ -197,11 +197,11 @@ class FlowControl:
         if self.tokens is not None:
             await self.tokens.reserve(est_tokens)
         aimd, requests, now = self.aimd, self.requests, self._clock()
-        # climb back only after a quiet spell: no 429 at all, not even a stray one
+        # climb back only after a spell without pressure (stray 429s do not count)
         if (
             aimd is not None
             and requests is not None
-            and now - self._last_limited >= aimd.quiet_interval
+            and now - self._last_pressure >= aimd.quiet_interval
             and aimd.on_quiet(now)
         ):
             requests.set_per_minute(aimd.current)
@@ -216,9 +216,9 @@ class FlowControl:
     def on_rate_limited(self, delay: float | None) -> None:
         """A 429: the request itself waits `delay`; under pressure every worker waits too."""
         self.rate_limited += 1
-        self._last_limited = self._clock()
         if not self.pressure.high():
             return
+        self._last_pressure = self._clock()
         cooldown = delay if delay is not None else 2.0
         self.gate.close_for(cooldown)
         aimd, requests = self.aimd, self.requests
