@@ -139,7 +139,7 @@ class Pressure:
     Counting responses rather than seconds makes it as sensitive at 5 requests/s as at 500.
     """
 
-    def __init__(self, *, size: int = 50, min_limited: int = 4, share: float = 0.08):
+    def __init__(self, *, size: int = 50, min_limited: int = 5, share: float = 0.1):
         self._last: deque[bool] = deque(maxlen=size)
         self._limited = 0
         self._min_limited = min_limited
