@@ -18,7 +18,7 @@ import anyio
 
 from pipeline.budget import Budget
 from pipeline.limits import FlowControl
-from pipeline.pricing import Prices, cost_usd, worst_case_cost
+from pipeline.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices, worst_case_cost
 from pipeline.providers.base import Prompt, Provider, Reply, ReplyKind, Shape
 from pipeline.retry import Action, ErrorClass, RetryPolicy
 from pipeline.sources import Row
@@ -66,6 +66,8 @@ class RowState:
     usage: Usage = ZERO
     cost: Decimal = field(default_factory=lambda: Decimal(0))
     last_error: str | None = None
+    tier: str | None = None  # "flex" while the row goes through Flex
+    shed: int = 0  # Flex refusals: not billed, not an attempt burned
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class Outcome:
 
 
 Emit = Callable[[Outcome], Awaitable[None]]
+ToBatch = Callable[[list[RowState]], Awaitable[None]]
+MAX_SHED = 200  # a row Flex refuses this often fails (the auto lane moves it long before)
 
 
 class Dispatcher:
@@ -97,6 +101,11 @@ class Dispatcher:
         stopping: Callable[[], bool],
         keep: tuple[str, ...] = (),
         seed: int = 0,
+        lane: str = "standard",
+        to_batch: ToBatch | None = None,
+        deadline: datetime | None = None,
+        flex_sheds: int = 3,
+        batch_hours: float = 24.0,
     ):
         self.job = job
         self.model = model
@@ -108,6 +117,14 @@ class Dispatcher:
         self.flow = flow
         self.budget = budget
         self.prices = prices
+        self.lane_prices = {name: lane_prices(prices, name) for name in LANE_FACTOR}
+        self.lane = lane
+        self.to_batch = to_batch
+        self.deadline = deadline
+        self.flex_sheds = flex_sheds
+        self.batch_hours = batch_hours
+        self.shed = 0
+        self.moved: dict[str, int] = {"batch": 0, "standard": 0}
         self.policy = policy
         self.max_output_tokens = max_output_tokens
         self.in_flight = in_flight
@@ -123,7 +140,7 @@ class Dispatcher:
         self.failures = 0
 
     # -- prompt building -------------------------------------------------------------------
-    def _prompt(self, group: list[RowState]) -> tuple[Prompt, int]:
+    def prompt_for(self, group: list[RowState]) -> tuple[Prompt, int]:
         """The prompt for a group and its estimated total tokens (prompt + expected answer)."""
         if len(group) == 1:
             shape = self.task.shape
@@ -148,7 +165,10 @@ class Dispatcher:
     # -- the attempt loop ------------------------------------------------------------------
     async def process(self, rows: list[Row], emit: Emit) -> None:
         """Run one work item to the end: every row gets a result, or stays pending on stop."""
-        todo: list[list[RowState]] = [[RowState(r, self.max_output_tokens) for r in rows]]
+        tier = "flex" if self.lane in ("flex", "auto") else None
+        todo: list[list[RowState]] = [
+            [RowState(r, self.max_output_tokens, tier=tier) for r in rows]
+        ]
         while todo:
             if self.stopping():
                 return
@@ -156,14 +176,19 @@ class Dispatcher:
             retry_groups = await self._attempt(group, emit)
             todo.extend(retry_groups)
 
+    def reserve_for(self, prompt: Prompt, est_tokens: int, prices: Prices) -> Decimal:
+        """What a call may cost at worst: counted against the budget until it is settled."""
+        if self.budget.cap is None:  # the worst case matters only against a cap
+            return _ZERO
+        est_prompt = est_tokens - self.task.expected_output_tokens(prompt.user)
+        return worst_case_cost(int(est_prompt * 1.5) + 64, prompt.max_output_tokens, prices)
+
     async def _attempt(self, group: list[RowState], emit: Emit) -> list[list[RowState]]:
-        prompt, est_tokens = self._prompt(group)
-        reserve = _ZERO
-        if self.budget.cap is not None:  # the worst case matters only against a cap
-            est_prompt = est_tokens - self.task.expected_output_tokens(prompt.user)
-            reserve = worst_case_cost(
-                int(est_prompt * 1.5) + 64, prompt.max_output_tokens, self.prices
-            )
+        prompt, est_tokens = self.prompt_for(group)
+        tier = group[0].tier
+        lane = "flex" if tier == "flex" else "standard"
+        prices = self.lane_prices[lane]
+        reserve = self.reserve_for(prompt, est_tokens, prices)
         if not await self.budget.reserve(reserve):
             raise StopDispatch("budget", "budget.max_usd reached")
         try:
@@ -171,35 +196,22 @@ class Dispatcher:
             if self.stopping():
                 self.budget.settle(reserve, Decimal(0))
                 return []
-            reply, started, latency = await self._send(prompt)
+            reply, started, latency = await self._send(prompt, tier)
         except BaseException:
             self.budget.settle(reserve, Decimal(0))
             raise
-        call_cost = cost_usd(reply.usage, self.prices)
+        call_cost = cost_usd(reply.usage, prices)
         self.budget.settle(reserve, call_cost)
         self.flow.settle_tokens(est_tokens, reply.usage.total)
-        self.flow.on_response(reply.error_class is ErrorClass.RATE_LIMITED)
-        for state, share in zip(group, reply.usage.split(len(group)), strict=True):
-            state.calls += 1
-            state.usage = state.usage + share
-            state.cost += cost_usd(share, self.prices)
-        outcome, finals, retry, error = self._judge(group, prompt, reply)
-        self._calls += 1
-        call = CallRecord(
-            call_id=f"{self._run_no}-{self._calls}-{id(group) & 0xFFFF:x}",
-            row_ids=tuple(s.row.id for s in group),
-            attempt=max(s.calls for s in group),
-            started_at=started,
-            latency_ms=latency * 1000,
-            http_status=reply.http_status or None,
-            outcome=outcome,
-            error=error,
-            usage=reply.usage,
-            cost_usd=call_cost,
-            model=self.model,
-            model_version=reply.model_version,
-            response_id=reply.response_id,
-        )
+        shed = tier == "flex" and reply.kind is ReplyKind.ERROR and reply.capacity
+        if not shed:  # a Flex refusal says nothing about the key's rate limits
+            self.flow.on_response(reply.error_class is ErrorClass.RATE_LIMITED)
+        self.charge(group, reply, prices)
+        if shed:
+            outcome, finals, retry, error = await self._shed(group, reply)
+        else:
+            outcome, finals, retry, error = self.judge(group, prompt, reply)
+        call = self.call_record(group, reply, outcome, error, started, latency, lane, call_cost)
         await emit(Outcome(call, finals))
         if outcome == "stopped":
             raise StopDispatch("provider", error or "the provider refused the job")
@@ -209,8 +221,88 @@ class Dispatcher:
                 await anyio.sleep(delay)
         return [g for g, _ in retry]
 
-    async def _send(self, prompt: Prompt) -> tuple[Reply, datetime, float]:
-        body = self.provider.encode(prompt)
+    def charge(self, group: list[RowState], reply: Reply, prices: Prices) -> None:
+        """Each row of the call carries its exact share of the call's tokens and cost."""
+        for state, share in zip(group, reply.usage.split(len(group)), strict=True):
+            state.calls += 1
+            state.usage = state.usage + share
+            state.cost += cost_usd(share, prices)
+
+    def call_record(
+        self,
+        group: list[RowState],
+        reply: Reply,
+        outcome: str,
+        error: str | None,
+        started: datetime,
+        latency: float,
+        lane: str,
+        cost: Decimal,
+        call_id: str | None = None,
+    ) -> CallRecord:
+        self._calls += 1
+        return CallRecord(
+            call_id=call_id or f"{self._run_no}-{self._calls}-{id(group) & 0xFFFF:x}",
+            row_ids=tuple(s.row.id for s in group),
+            attempt=max(s.calls for s in group),
+            started_at=started,
+            latency_ms=latency * 1000,
+            http_status=reply.http_status or None,
+            outcome=outcome,
+            error=error,
+            usage=reply.usage,
+            cost_usd=cost,
+            model=self.model,
+            model_version=reply.model_version,
+            response_id=reply.response_id,
+            lane=lane,
+        )
+
+    async def _shed(
+        self, group: list[RowState], reply: Reply
+    ) -> tuple[str, list[ResultRecord], list[tuple[list[RowState], float]], str | None]:
+        """Flex refused the call: no attempt burned, nothing billed. Try Flex again later, or
+        (auto lane) move rows Flex keeps refusing to Batch, or to Standard near the deadline."""
+        self.shed += 1
+        error = f"flex refused: {reply.error or 'no capacity'}"
+        finals: list[ResultRecord] = []
+        again: list[RowState] = []
+        moving: list[RowState] = []
+        for state in group:
+            state.shed += 1
+            state.calls -= 1  # a refusal is not an attempt at the row
+            if self.lane == "auto" and state.shed >= self.flex_sheds:
+                moving.append(state)
+            elif state.shed >= MAX_SHED:
+                finals.append(
+                    self.final(state, "failed", None, f"Flex refused it {state.shed} times")
+                )
+                self.failures += 1
+            else:
+                again.append(state)
+        retry: list[tuple[list[RowState], float]] = []
+        if moving:
+            if self.to_batch is not None and self._batch_in_time():
+                self.moved["batch"] += len(moving)
+                await self.to_batch(moving)
+            else:
+                for state in moving:
+                    state.tier = None
+                self.moved["standard"] += len(moving)
+                retry.append((moving, 0.0))
+        if again:
+            wait = reply.retry_after or self.policy.backoff(max(s.shed for s in again), self._rng)
+            retry.append((again, wait))
+        return "shed", finals, retry, error
+
+    def _batch_in_time(self) -> bool:
+        if self.deadline is None:
+            return True
+        left = (self.deadline - now_utc()).total_seconds()
+        return left > self.batch_hours * 3600
+
+    async def _send(self, prompt: Prompt, tier: str | None = None) -> tuple[Reply, datetime, float]:
+        body = self.provider.encode(prompt, tier)
         async with self.in_flight:
             started = now_utc()
             t0 = time.monotonic()
@@ -229,7 +321,7 @@ class Dispatcher:
         return self.provider.parse(resp), started, latency
 
     # -- judging a reply -------------------------------------------------------------------
-    def _final(
+    def final(
         self, state: RowState, status: str, output: dict[str, Any] | None, error: str | None
     ) -> ResultRecord:
         fields = state.row.fields
@@ -247,7 +339,7 @@ class Dispatcher:
             finished_at=now_utc(),
         )
 
-    def _judge(
+    def judge(
         self, group: list[RowState], prompt: Prompt, reply: Reply
     ) -> tuple[str, list[ResultRecord], list[tuple[list[RowState], float]], str | None]:
         """(call outcome, final results, groups to retry with their delay, call error)."""
@@ -258,7 +350,7 @@ class Dispatcher:
                 state = group[0]
                 output, error = self.task.parse(reply.text, state.row)
                 if output is not None:
-                    finals.append(self._final(state, "ok", output, None))
+                    finals.append(self.final(state, "ok", output, None))
                     return "ok", finals, retry, None
                 self._invalid(state, error or "invalid answer", finals, retry)
                 return "invalid_output", finals, retry, error
@@ -267,7 +359,7 @@ class Dispatcher:
             first_error = None
             for state, item in zip(group, items, strict=True):
                 if item.output is not None:
-                    finals.append(self._final(state, "ok", item.output, None))
+                    finals.append(self.final(state, "ok", item.output, None))
                 else:
                     bad += 1
                     first_error = first_error or item.error
@@ -278,7 +370,7 @@ class Dispatcher:
             if len(group) == 1:
                 state = group[0]
                 output = {"blocked": True, "block": reply.block or {}}
-                finals.append(self._final(state, "blocked", output, reply.error))
+                finals.append(self.final(state, "blocked", output, reply.error))
                 return "blocked", finals, retry, reply.error
             # a pack was blocked as a whole: find the culprit by sending each row alone
             for state in group:
@@ -294,9 +386,7 @@ class Dispatcher:
                 state.last_error = f"answer cut off at {prompt.max_output_tokens} output tokens"
             exhausted = [s for s in group if s.burned >= self.policy.max_attempts]
             for state in exhausted:
-                finals.append(
-                    self._final(state, "failed", None, f"{state.last_error} (MAX_TOKENS)")
-                )
+                finals.append(self.final(state, "failed", None, f"{state.last_error} (MAX_TOKENS)"))
                 self.failures += 1
             going = [s for s in group if s not in exhausted]
             if len(going) > 1:
@@ -334,7 +424,7 @@ class Dispatcher:
                 alive.append(state)
                 delay = max(delay, decision.delay)
             else:
-                finals.append(self._final(state, "failed", None, _failed_reason(state, error)))
+                finals.append(self.final(state, "failed", None, _failed_reason(state, error)))
                 self.failures += 1
         if alive:
             retry.append((alive, delay))
@@ -354,7 +444,7 @@ class Dispatcher:
         state.burned += 1
         state.last_error = error
         if state.burned >= self.policy.max_attempts:
-            finals.append(self._final(state, "failed", None, f"invalid answer: {error}"))
+            finals.append(self.final(state, "failed", None, f"invalid answer: {error}"))
             self.failures += 1
         else:
             retry.append(([state], 0.0))

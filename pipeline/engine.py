@@ -25,9 +25,12 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.budget import Budget
-from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, StopDispatch
+from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
 from pipeline.journal import CallJournal, journal_files, read_journal
+from pipeline.lanes.api import BatchApi
+from pipeline.lanes.gemini_batch import GeminiBatchApi
+from pipeline.lanes.runner import BatchOutcome, BatchRunner
 from pipeline.limits import FlowControl
 from pipeline.pricing import resolve_prices
 from pipeline.progress import ProgressReporter, RunStats
@@ -36,8 +39,16 @@ from pipeline.providers.gemini import GeminiProvider
 from pipeline.providers.openai import OpenAIProvider
 from pipeline.retry import RetryPolicy
 from pipeline.sources import Frame, Row, count_rows_fast, read_frames
-from pipeline.spec import JobSpec
-from pipeline.store import CallRecord, ResultRecord, Store, StoreThread, now_utc, runner_id
+from pipeline.spec import JobSpec, parse_deadline
+from pipeline.store import (
+    BatchClose,
+    CallRecord,
+    ResultRecord,
+    Store,
+    StoreThread,
+    now_utc,
+    runner_id,
+)
 from pipeline.tasks import build_task
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.custom import CustomTask
@@ -71,6 +82,15 @@ def build_provider(spec: JobSpec) -> Provider:
     if p.api == "gemini":
         return GeminiProvider(p.base_url, spec.model, p.thinking, p.temperature)
     return OpenAIProvider(p.base_url, spec.model, p.thinking, p.temperature)
+
+
+def build_batch_api(spec: JobSpec, transport: Transport, api_key: str) -> BatchApi:
+    p = spec.provider
+    if p.api == "gemini":
+        return GeminiBatchApi(transport, p.base_url, spec.model, api_key)
+    from pipeline.lanes.openai_batch import OpenAIBatchApi
+
+    return OpenAIBatchApi(transport, p.base_url, spec.model, api_key)
 
 
 def stored_spec(spec: JobSpec) -> str:
@@ -120,11 +140,14 @@ class JobRun:
         self.hard_stop = False
         self.in_progress: dict[str, str] = {}  # row id -> input position, until stored
         self.stats = RunStats(spec.name, rpm_limit=spec.limits.rpm)
+        self.lane = spec.provider.lane
+        deadline = spec.provider.deadline
+        provider = build_provider(spec)
         self.dispatcher = Dispatcher(
             job=spec.name,
             model=spec.model,
             task=self.task,
-            provider=build_provider(spec),
+            provider=provider,
             transport=transport,
             api_key=api_key,
             flow=self.flow,
@@ -136,7 +159,32 @@ class JobRun:
             in_flight=self.in_flight,
             stopping=self.stopping,
             keep=spec.input.keep,
+            lane=self.lane,
+            deadline=parse_deadline(deadline, now_utc()) if deadline else None,
+            flex_sheds=spec.batch.flex_sheds,
+            batch_hours=spec.batch.batch_hours,
         )
+        self.batches: BatchRunner | None = None
+        if self.lane in ("batch", "auto"):
+            b = spec.batch
+            self.batches = BatchRunner(
+                job=spec.name,
+                run_no=run_no,
+                api=build_batch_api(spec, transport, api_key),
+                provider=provider,
+                dispatcher=self.dispatcher,
+                store=store,
+                budget=self.budget,
+                stopping=self.stopping,
+                request_stop=self.request_stop,
+                rows_per_batch=b.rows_per_batch,
+                inline_max_bytes=b.inline_max_bytes,
+                max_open=b.max_open,
+                poll_seconds=b.poll_seconds,
+                max_poll_seconds=b.max_poll_seconds,
+                collect_seconds=b.collect_seconds,
+                max_attempts=spec.limits.max_attempts,
+            )
 
     def stopping(self) -> bool:
         return self.stop_reason is not None
@@ -231,7 +279,9 @@ class JobRun:
                     self.request_stop(stop.reason, str(stop))
 
     # -- writer ------------------------------------------------------------------------------
-    async def write(self, inbox: MemoryObjectReceiveStream[Outcome | ResultRecord]) -> None:
+    async def write(
+        self, inbox: MemoryObjectReceiveStream[Outcome | ResultRecord | BatchOutcome]
+    ) -> None:
         """Receive outcomes, journal each call at once, and hand batches to the committer.
 
         Receiving never waits for a commit: while one batch commits, the next one fills and
@@ -240,16 +290,17 @@ class JobRun:
         """
         results: list[ResultRecord] = []
         calls: list[CallRecord] = []
+        closes: list[BatchClose] = []
         last = time.monotonic()
         batches_send, batches_recv = anyio.create_memory_object_stream[
-            tuple[Path, list[ResultRecord], list[CallRecord]]
+            tuple[Path, list[ResultRecord], list[CallRecord], list[BatchClose]]
         ](1)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._commit, batches_recv)
             async with inbox, batches_send:
                 closed = False
                 while not closed:
-                    msgs: list[Outcome | ResultRecord] = []
+                    msgs: list[Outcome | ResultRecord | BatchOutcome] = []
                     with anyio.move_on_after(FLUSH_SECONDS):
                         try:
                             msgs.append(await inbox.receive())
@@ -260,44 +311,64 @@ class JobRun:
                         except anyio.EndOfStream:
                             closed = True
                     received = []
+                    settled: list[CallRecord] = []
                     for msg in msgs:
                         if isinstance(msg, Outcome):
                             received.append(msg.call)
                             results.extend(msg.results)
-                            self._count_call(msg)
+                            self._count_call(msg.call)
+                        elif isinstance(msg, BatchOutcome):
+                            # the provider keeps a batch's answers: no journal needed, and
+                            # the batch closes in the same commit as its results
+                            settled.extend(msg.calls)
+                            results.extend(msg.results)
+                            closes.append(msg.close)
+                            for call in msg.calls:
+                                self._count_call(call)
                         else:
                             results.append(msg)
                     if received:
                         self.journal.append(self.spec.name, received)
                         calls.extend(received)
+                    calls.extend(settled)
                     now = time.monotonic()
                     due = len(results) >= FLUSH_ROWS or now - last >= FLUSH_SECONDS
-                    if (results or calls) and (closed or (due and self._committed.is_set())):
+                    pending = results or calls or closes
+                    if pending and (closed or (due and self._committed.is_set())):
                         await self._committed.wait()  # only ever waits at the very end
                         self._committed = anyio.Event()
-                        await batches_send.send((self.journal.rotate(), results, calls))
-                        results, calls = [], []
+                        await batches_send.send((self.journal.rotate(), results, calls, closes))
+                        results, calls, closes = [], [], []
                         last = now
 
     async def _commit(
-        self, batches: ObjectReceiveStream[tuple[Path, list[ResultRecord], list[CallRecord]]]
+        self,
+        batches: ObjectReceiveStream[
+            tuple[Path, list[ResultRecord], list[CallRecord], list[BatchClose]]
+        ],
     ) -> None:
         async with batches:
-            async for generation, results, calls in batches:
-                await self._flush(results, calls)
+            async for generation, results, calls, closes in batches:
+                await self._flush(results, calls, closes)
                 generation.unlink(missing_ok=True)  # every call in it is stored now
                 self._committed.set()
 
-    def _count_call(self, outcome: Outcome) -> None:
+    def _count_call(self, call: CallRecord) -> None:
         s = self.stats
-        s.requests += 1
-        s.usage = s.usage + outcome.call.usage
-        s.usd += outcome.call.cost_usd
-        if outcome.call.outcome == "rate_limited":
+        if call.lane != "batch":  # batch answers arrive in a few HTTP requests, counted apart
+            s.requests += 1
+        s.usage = s.usage + call.usage
+        s.usd += call.cost_usd
+        if call.outcome == "rate_limited":
             s.rate_limited += 1
 
-    async def _flush(self, results: list[ResultRecord], calls: list[Any]) -> None:
-        await self.store.run(self.store.store.write, self.spec.name, results, calls)
+    async def _flush(
+        self,
+        results: list[ResultRecord],
+        calls: list[Any],
+        closes: list[BatchClose] = (),  # type: ignore[assignment]
+    ) -> None:
+        await self.store.run(self.store.store.write, self.spec.name, results, calls, closes)
         for r in results:
             self.stats.count(r.status)
             if r.status == "failed":
@@ -486,7 +557,9 @@ async def run_job(
 
 async def _run_stages(run: JobRun, handle_signals: bool) -> None:
     work_send, work_recv = anyio.create_memory_object_stream[list[Row]](max(16, run.workers))
-    out_send, out_recv = anyio.create_memory_object_stream[Outcome | ResultRecord](4096)
+    out_send, out_recv = anyio.create_memory_object_stream[Outcome | ResultRecord | BatchOutcome](
+        4096
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(run.write, out_recv)
         ticker = anyio.CancelScope()
@@ -507,11 +580,22 @@ async def _run_stages(run: JobRun, handle_signals: bool) -> None:
 
                 tg.start_soon(signals)
             stages.start_soon(run.read, work_send, out_send.clone())
-            async with anyio.create_task_group() as pool:
-                for _ in range(run.workers):
-                    pool.start_soon(run.work, work_recv.clone(), out_send.clone())
-                work_recv.close()
+            batches = run.batches
+            if run.lane == "batch" and batches is not None:
+                stages.start_soon(batches.run, work_recv, out_send.clone())
                 out_send.close()
+            else:
+                moved_send, moved_recv = anyio.create_memory_object_stream[list[RowState]](64)
+                if batches is not None:  # auto: rows Flex keeps refusing move to Batch
+                    run.dispatcher.to_batch = moved_send.send
+                    stages.start_soon(batches.run, moved_recv, out_send.clone())
+                else:
+                    moved_recv.close()
+                async with moved_send, anyio.create_task_group() as pool:
+                    for _ in range(run.workers):
+                        pool.start_soon(run.work, work_recv.clone(), out_send.clone())
+                    work_recv.close()
+                    out_send.close()
         ticker.cancel()
         if handle_signals:
             signal_scope.cancel()

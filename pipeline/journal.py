@@ -50,6 +50,7 @@ def encode(job: str, c: CallRecord) -> bytes:
                 c.model,
                 c.model_version,
                 c.response_id,
+                c.lane,
             ]
         )
         + b"\n"
@@ -72,6 +73,7 @@ def decode(line: bytes) -> tuple[str, CallRecord]:
         model=f[11],
         model_version=f[12],
         response_id=f[13],
+        lane=f[14] if len(f) > 14 else "standard",
     )
 
 

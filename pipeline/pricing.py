@@ -74,6 +74,28 @@ def resolve_prices(spec: JobSpec) -> Prices:
     )
 
 
+# Flex and Batch sell the same tokens at half price on both providers. Discounts stack: a cached
+# token in a batch or flex call costs half the standard cached price.
+LANE_FACTOR: dict[str, Decimal] = {
+    "standard": Decimal(1),
+    "flex": Decimal("0.5"),
+    "batch": Decimal("0.5"),
+}
+
+
+def lane_prices(prices: Prices, lane: str) -> Prices:
+    """The price table of one lane ("standard", "flex" or "batch")."""
+    f = LANE_FACTOR[lane]
+    if f == 1:
+        return prices
+    return Prices(
+        prices.input_per_m * f,
+        prices.output_per_m * f,
+        prices.cached_per_m * f,
+        f"{prices.source}, {lane} lane x{f}",
+    )
+
+
 def cost_usd(usage: Usage, prices: Prices) -> Decimal:
     """Exact cost of a usage record; thinking is billed at the output price."""
     return (

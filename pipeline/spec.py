@@ -9,6 +9,7 @@ import hashlib
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from pipeline.errors import SpecError
 TASKS = ("classify", "translate", "moderate", "custom")
 APIS = ("gemini", "openai")
 THINKING = ("minimal", "low", "medium", "high")
+LANES = ("standard", "flex", "batch", "auto")
 DEFAULT_CATEGORIES = ("hate", "harassment", "sexual", "violence", "self_harm", "spam")
 DEFAULT_BASE_URL = {
     "gemini": "https://generativelanguage.googleapis.com",
@@ -36,6 +38,7 @@ TOP_KEYS = {
     "budget",
     "pricing",
     "store",
+    "batch",
     *TASKS,
 }
 
@@ -70,6 +73,22 @@ class ProviderSpec:
     temperature: float = 0.0
     max_output_tokens: int = 512
     timeout: Timeouts = field(default_factory=Timeouts)
+    lane: str = "standard"  # standard | flex | batch | auto
+    deadline: str | None = None  # "2026-12-01T08:00Z" or "6h" (from the start of the run)
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How the Batch lane splits and watches provider batch jobs."""
+
+    rows_per_batch: int = 10_000
+    inline_max_bytes: int = 4_000_000  # larger batches are uploaded as a JSONL file
+    max_open: int = 8  # batches submitted and not yet finished
+    poll_seconds: float = 30.0  # first poll interval; grows x1.5 up to max_poll_seconds
+    max_poll_seconds: float = 300.0
+    collect_seconds: float = 2.0  # how long a partial batch waits for more rows
+    flex_sheds: int = 3  # auto lane: refusals by Flex before a row moves to Batch / Standard
+    batch_hours: float = 24.0  # auto lane: Batch only while the deadline is further than this
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,7 @@ class JobSpec:
     custom: CustomSpec | None = None
     pricing: PricingOverride | None = None
     store_path: str | None = None
+    batch: BatchSpec = field(default_factory=BatchSpec)
     raw: str = "{}"  # the merged TOML document as JSON, stored with the job
 
     def identity(self) -> dict[str, Any]:
@@ -195,6 +215,26 @@ def _apply_override(doc: dict[str, Any], item: str) -> None:
             raise SpecError(f"--set {key}: {part!r} is not a table")
         node = child
     node[parts[-1]] = value
+
+
+def parse_deadline(value: str, start: datetime, key: str = "provider.deadline") -> datetime:
+    """ "2026-12-01T08:00Z" (absolute, UTC if no zone) or "6h" / "90m" / "2d" after `start`."""
+    text = value.strip()
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units:
+        try:
+            amount = float(text[:-1])
+        except ValueError:
+            amount = -1
+        if amount > 0:
+            return start + timedelta(seconds=amount * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(
+            key, value, 'an ISO time like "2026-12-01T08:00Z" or a duration like "6h"'
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _fail(key: str, value: Any, valid: str) -> SpecError:
@@ -289,17 +329,27 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
             "temperature",
             "max_output_tokens",
             "timeout",
+            "lane",
+            "deadline",
         },
     )
+    lane = _choice(prov, "lane", "provider.lane", "standard", LANES)
     api = _choice(prov, "api", "provider.api", "gemini", APIS)
     timeout = prov.get("timeout", {})
     if not isinstance(timeout, dict):
         raise _fail("provider.timeout", timeout, "a table {connect, read, total}")
+    # Flex answers in minutes, not seconds: longer default timeouts there
+    slow = lane in ("flex", "auto")
     timeouts = Timeouts(
         _num(timeout, "connect", "provider.timeout.connect", 5.0, 0.001),
-        _num(timeout, "read", "provider.timeout.read", 60.0, 0.001),
-        _num(timeout, "total", "provider.timeout.total", 120.0, 0.001),
+        _num(timeout, "read", "provider.timeout.read", 900.0 if slow else 60.0, 0.001),
+        _num(timeout, "total", "provider.timeout.total", 960.0 if slow else 120.0, 0.001),
     )
+    deadline = prov.get("deadline")
+    if deadline is not None:
+        if not isinstance(deadline, str):
+            deadline = str(deadline)
+        parse_deadline(deadline, datetime.now(UTC), "provider.deadline")
     base_url = _str(prov, "base_url", "provider.base_url", DEFAULT_BASE_URL[api]).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise _fail("provider.base_url", base_url, "an http:// or https:// URL")
@@ -311,6 +361,8 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         temperature=_num(prov, "temperature", "provider.temperature", 0.0),
         max_output_tokens=_int(prov, "max_output_tokens", "provider.max_output_tokens", 512, 1),
         timeout=timeouts,
+        lane=lane,
+        deadline=deadline,
     )
 
     lim = _table(
@@ -353,6 +405,31 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
             _decimal(pr["cached_per_m"], "pricing.cached_per_m") if "cached_per_m" in pr else None,
         )
 
+    bt = _table(
+        doc,
+        "batch",
+        {
+            "rows_per_batch",
+            "inline_max_bytes",
+            "max_open",
+            "poll_seconds",
+            "max_poll_seconds",
+            "collect_seconds",
+            "flex_sheds",
+            "batch_hours",
+        },
+    )
+    batch = BatchSpec(
+        rows_per_batch=_int(bt, "rows_per_batch", "batch.rows_per_batch", 10_000, 1),
+        inline_max_bytes=_int(bt, "inline_max_bytes", "batch.inline_max_bytes", 4_000_000, 0),
+        max_open=_int(bt, "max_open", "batch.max_open", 8, 1),
+        poll_seconds=_num(bt, "poll_seconds", "batch.poll_seconds", 30.0, 0.01),
+        max_poll_seconds=_num(bt, "max_poll_seconds", "batch.max_poll_seconds", 300.0, 0.01),
+        collect_seconds=_num(bt, "collect_seconds", "batch.collect_seconds", 2.0, 0.0),
+        flex_sheds=_int(bt, "flex_sheds", "batch.flex_sheds", 3, 1),
+        batch_hours=_num(bt, "batch_hours", "batch.batch_hours", 24.0, 0.0),
+    )
+
     store = _table(doc, "store", {"path"})
     store_path = _str(store, "path", "store.path") if "path" in store else None
 
@@ -379,6 +456,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         max_usd=max_usd,
         pricing=pricing,
         store_path=store_path,
+        batch=batch,
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )

@@ -82,9 +82,40 @@ CREATE TABLE IF NOT EXISTS calls (
     model VARCHAR,
     model_version VARCHAR,
     response_id VARCHAR,
-    recovered BOOLEAN DEFAULT false
+    recovered BOOLEAN DEFAULT false,
+    lane VARCHAR DEFAULT 'standard'
 );
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS recovered BOOLEAN DEFAULT false;
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS lane VARCHAR DEFAULT 'standard';
+CREATE TABLE IF NOT EXISTS batches (
+    job VARCHAR NOT NULL,
+    batch_id VARCHAR NOT NULL,
+    provider_name VARCHAR,
+    input_file VARCHAR,
+    state VARCHAR NOT NULL,
+    rows INTEGER,
+    requests INTEGER,
+    ok_rows INTEGER DEFAULT 0,
+    retry_rows INTEGER DEFAULT 0,
+    reserved_usd DECIMAL(38, 12),
+    error VARCHAR,
+    created_at TIMESTAMPTZ,
+    submitted_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ,
+    closed BOOLEAN DEFAULT false,
+    UNIQUE (job, batch_id)
+);
+CREATE TABLE IF NOT EXISTS batch_rows (
+    job VARCHAR NOT NULL,
+    batch_id VARCHAR NOT NULL,
+    req INTEGER NOT NULL,
+    row_id VARCHAR NOT NULL,
+    pos VARCHAR,
+    text VARCHAR,
+    fields JSON,
+    attempts INTEGER
+);
 """
 
 COST = pa.decimal128(38, 12)
@@ -126,6 +157,19 @@ CALL_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("response_id", pa.string()),
         ("recovered", pa.bool_()),
+        ("lane", pa.string()),
+    ]
+)
+BATCH_ROW_SCHEMA = pa.schema(
+    [
+        ("job", pa.string()),
+        ("batch_id", pa.string()),
+        ("req", pa.int32()),
+        ("row_id", pa.string()),
+        ("pos", pa.string()),
+        ("text", pa.string()),
+        ("fields", pa.string()),
+        ("attempts", pa.int32()),
     ]
 )
 _Q = Decimal("0.000000000001")
@@ -160,6 +204,30 @@ class CallRecord:
     model: str
     model_version: str | None
     response_id: str | None
+    lane: str = "standard"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One row of a batch, kept in the store while the batch is open (resume rebuilds it)."""
+
+    req: int  # the batch request (its key) that carries the row
+    row_id: str
+    pos: str
+    text: str | None
+    fields: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchClose:
+    """A finished batch, closed in the same transaction that stores its answers."""
+
+    batch_id: str
+    state: str
+    ok_rows: int
+    retry_rows: int
+    error: str | None
 
 
 def now_utc() -> datetime:
@@ -295,7 +363,7 @@ class Store:
         return runs
 
     def drop_job(self, name: str) -> None:
-        for table in ("results", "calls"):
+        for table in ("results", "calls", "batches", "batch_rows"):
             self.con.execute(f"DELETE FROM {table} WHERE job = ?", [name])
         self.con.execute("DELETE FROM jobs WHERE name = ?", [name])
 
@@ -336,29 +404,37 @@ class Store:
             rows = self.con.execute(
                 "SELECT c.idx, r.pos FROM _cand c LEFT JOIN"
                 " (SELECT row_id, pos FROM results WHERE job = ?) r ON r.row_id = c.row_id"
-                " WHERE r.row_id IS NULL OR (r.pos IS NOT NULL AND r.pos <> c.pos)",
-                [job],
+                " WHERE (r.row_id IS NULL AND NOT EXISTS (SELECT 1 FROM batch_rows b"
+                "  WHERE b.job = ? AND b.row_id = c.row_id))"
+                " OR (r.pos IS NOT NULL AND r.pos <> c.pos)",
+                [job, job],
             ).fetchall()
         finally:
             self.con.unregister("_cand")
         return {int(i): p for i, p in rows}
 
     # -- the single writer ---------------------------------------------------------------
-    def write(self, job: str, results: Sequence[ResultRecord], calls: Sequence[CallRecord]) -> None:
+    def write(
+        self,
+        job: str,
+        results: Sequence[ResultRecord],
+        calls: Sequence[CallRecord],
+        closes: Sequence[BatchClose] = (),
+    ) -> None:
         """Store results and calls in one transaction; a row stored before keeps its result.
 
         Rows come from the resume anti-join, so a conflict means a race or a bug: the plain
         INSERT is about a third faster, and on a conflict the batch is written again with
         ON CONFLICT DO NOTHING.
         """
-        if not results and not calls:
+        if not results and not calls and not closes:
             return
         try:
             try:
-                self._write(job, results, calls, "")
+                self._write(job, results, calls, closes, "")
             except duckdb.ConstraintException:
                 self.con.execute("ROLLBACK")
-                self._write(job, results, calls, " ON CONFLICT DO NOTHING")
+                self._write(job, results, calls, closes, " ON CONFLICT DO NOTHING")
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
                 self.con.execute("ROLLBACK")
@@ -366,10 +442,25 @@ class Store:
             raise StoreError(f"store {self.path!r}: cannot write results: {first}") from None
 
     def _write(
-        self, job: str, results: Sequence[ResultRecord], calls: Sequence[CallRecord], conflict: str
+        self,
+        job: str,
+        results: Sequence[ResultRecord],
+        calls: Sequence[CallRecord],
+        closes: Sequence[BatchClose],
+        conflict: str,
     ) -> None:
         self.con.execute("BEGIN TRANSACTION")
         try:
+            now = now_utc()
+            for c in closes:
+                self.con.execute(
+                    "UPDATE batches SET closed = true, state = ?, ok_rows = ?, retry_rows = ?,"
+                    " error = ?, finished_at = ?, updated_at = ? WHERE job = ? AND batch_id = ?",
+                    [c.state, c.ok_rows, c.retry_rows, c.error, now, now, job, c.batch_id],
+                )
+                self.con.execute(
+                    "DELETE FROM batch_rows WHERE job = ? AND batch_id = ?", [job, c.batch_id]
+                )
             if calls:
                 self.con.register("_calls", _calls_table(job, calls))
                 self.con.execute("INSERT INTO calls SELECT * FROM _calls")
@@ -381,6 +472,116 @@ class Store:
             for name in ("_calls", "_results"):
                 with contextlib.suppress(duckdb.Error):
                     self.con.unregister(name)
+
+    # -- the Batch lane ------------------------------------------------------------------
+    def record_batch(
+        self, job: str, batch_id: str, rows: Sequence[BatchRow], requests: int, reserved: Decimal
+    ) -> None:
+        """A batch and its rows, stored before anything is submitted (state `prepared`)."""
+        now = now_utc()
+        table = pa.table(
+            {
+                "job": [job] * len(rows),
+                "batch_id": [batch_id] * len(rows),
+                "req": [r.req for r in rows],
+                "row_id": [r.row_id for r in rows],
+                "pos": [r.pos for r in rows],
+                "text": [r.text for r in rows],
+                "fields": [orjson.dumps(r.fields).decode() for r in rows],
+                "attempts": [r.attempts for r in rows],
+            },
+            schema=BATCH_ROW_SCHEMA,
+        )
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(
+                "INSERT INTO batches (job, batch_id, state, rows, requests, reserved_usd,"
+                " created_at, updated_at) VALUES (?, ?, 'prepared', ?, ?, ?, ?, ?)",
+                [job, batch_id, len(rows), requests, reserved.quantize(_Q), now, now],
+            )
+            self.con.register("_brows", table)
+            self.con.execute("INSERT INTO batch_rows SELECT * FROM _brows")
+            self.con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            raise
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                self.con.unregister("_brows")
+
+    def batch_submitted(self, job: str, batch_id: str, provider_name: str) -> None:
+        now = now_utc()
+        self.con.execute(
+            "UPDATE batches SET provider_name = ?, state = 'submitted', submitted_at = ?,"
+            " updated_at = ? WHERE job = ? AND batch_id = ?",
+            [provider_name, now, now, job, batch_id],
+        )
+
+    def batch_state(self, job: str, batch_id: str, state: str) -> None:
+        self.con.execute(
+            "UPDATE batches SET state = ?, updated_at = ? WHERE job = ? AND batch_id = ?",
+            [state, now_utc(), job, batch_id],
+        )
+
+    def open_batches(self, job: str) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT batch_id, provider_name, state, reserved_usd FROM batches"
+            " WHERE job = ? AND NOT closed ORDER BY created_at",
+            [job],
+        ).fetchall()
+        return [
+            {"batch_id": r[0], "provider_name": r[1], "state": r[2], "reserved": Decimal(r[3] or 0)}
+            for r in rows
+        ]
+
+    def batch_rows(self, job: str, batch_id: str) -> list[BatchRow]:
+        rows = self.con.execute(
+            "SELECT req, row_id, pos, text, fields, attempts FROM batch_rows"
+            " WHERE job = ? AND batch_id = ? ORDER BY req, row_id",
+            [job, batch_id],
+        ).fetchall()
+        return [
+            BatchRow(int(r[0]), r[1], r[2], r[3], orjson.loads(r[4]) if r[4] else {}, int(r[5]))
+            for r in rows
+        ]
+
+    def batch_list(self, job: str) -> list[dict[str, Any]]:
+        cols = [
+            "batch_id",
+            "provider_name",
+            "state",
+            "closed",
+            "rows",
+            "requests",
+            "ok_rows",
+            "retry_rows",
+            "error",
+            "created_at",
+            "finished_at",
+        ]
+        rows = self.con.execute(
+            f"SELECT {', '.join(cols)} FROM batches WHERE job = ? ORDER BY created_at", [job]
+        ).fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def cost_by_lane(self, job: str) -> dict[str, dict[str, Any]]:
+        """Calls, USD and answered rows per lane (standard, flex, batch)."""
+        out: dict[str, dict[str, Any]] = {}
+        for lane, calls, usd in self.con.execute(
+            "SELECT coalesce(lane, 'standard'), count(*), coalesce(sum(cost_usd), 0)"
+            " FROM calls WHERE job = ? GROUP BY 1 ORDER BY 1",
+            [job],
+        ).fetchall():
+            out[str(lane)] = {"calls": int(calls), "usd": Decimal(usd), "rows": 0}
+        for lane, rows in self.con.execute(
+            "SELECT lane, count(DISTINCT rid) FROM (SELECT coalesce(lane, 'standard') AS lane,"
+            " unnest(row_ids) AS rid FROM calls WHERE job = ? AND outcome IN ('ok', 'blocked'))"
+            " GROUP BY 1",
+            [job],
+        ).fetchall():
+            out[str(lane)]["rows"] = int(rows)
+        return out
 
     def recover_calls(self, calls: Sequence[tuple[str, CallRecord]]) -> int:
         """Store calls a killed run received but never stored (from its journal), once each."""
@@ -529,6 +730,7 @@ def _calls_table(job: str, records: Sequence[CallRecord], *, recovered: bool = F
             "model_version": [c.model_version for c in records],
             "response_id": [c.response_id for c in records],
             "recovered": [recovered] * len(records),
+            "lane": [c.lane for c in records],
         },
         schema=CALL_SCHEMA,
     )

@@ -38,6 +38,10 @@ class Transport(Protocol):
 
     async def get(self, url: str, headers: dict[str, str]) -> HttpResponse: ...
 
+    async def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> HttpResponse: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -73,12 +77,20 @@ class AiohttpTransport:
         return self._session
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        all_headers: bool = False,
     ) -> HttpResponse:
         try:
             async with self._client().request(method, url, data=body, headers=headers) as resp:
                 data = await resp.read()
-                kept = {k: v for k in _KEPT_HEADERS if (v := resp.headers.get(k)) is not None}
+                if all_headers:
+                    kept = {k.lower(): v for k, v in resp.headers.items()}
+                else:
+                    kept = {k: v for k in _KEPT_HEADERS if (v := resp.headers.get(k)) is not None}
                 return HttpResponse(resp.status, kept, data)
         except TimeoutError as exc:
             raise TransportError("timeout", str(exc) or "no answer within the timeout") from None
@@ -98,6 +110,12 @@ class AiohttpTransport:
 
     async def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
         return await self._send("GET", url, headers, None)
+
+    async def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> HttpResponse:
+        """Any method, every response header kept (the Batch lane's file and job calls)."""
+        return await self._send(method, url, headers, body, all_headers=True)
 
     async def aclose(self) -> None:
         if self._session is not None:

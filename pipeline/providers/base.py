@@ -46,6 +46,9 @@ class Reply:
     block: dict[str, Any] | None = field(default=None)
     model_version: str | None = None
     response_id: str | None = None
+    # the service had no capacity (503, or a 429 that names no quota of the key): on a Flex
+    # call this is a refusal ("shed"), not a rate limit
+    capacity: bool = False
 
 
 class Provider(Protocol):
@@ -55,7 +58,7 @@ class Provider(Protocol):
 
     def headers(self, api_key: str) -> dict[str, str]: ...
 
-    def encode(self, prompt: Prompt) -> bytes: ...
+    def encode(self, prompt: Prompt, tier: str | None = None) -> bytes: ...
 
     def parse(self, resp: HttpResponse) -> Reply: ...
 
@@ -93,6 +96,19 @@ def parse_duration(value: str | None) -> float | None:
         total += float(number)
         matched = True
     return total if matched else None
+
+
+def google_capacity(status: int, error: dict[str, Any]) -> bool:
+    """503, or a bare 429 without a QuotaFailure: shared capacity ran out, not the key's quota."""
+    if status == 503:
+        return True
+    if status != 429:
+        return False
+    details = error.get("details") or []
+    return not any(
+        isinstance(d, dict) and str(d.get("@type", "")).endswith("QuotaFailure")
+        for d in (details if isinstance(details, list) else [])
+    )
 
 
 def google_error(status: int, error: dict[str, Any]) -> tuple[ErrorClass, str, float | None]:

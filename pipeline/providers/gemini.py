@@ -6,7 +6,14 @@ from typing import Any
 
 import orjson
 
-from pipeline.providers.base import Prompt, Reply, ReplyKind, Shape, google_error
+from pipeline.providers.base import (
+    Prompt,
+    Reply,
+    ReplyKind,
+    Shape,
+    google_capacity,
+    google_error,
+)
 from pipeline.retry import ErrorClass
 from pipeline.transport import HttpResponse
 from pipeline.usage import Usage
@@ -35,7 +42,7 @@ class GeminiProvider:
         else:
             self._thinking = {"thinkingLevel": thinking.upper()}
         self._temperature = temperature
-        self._prefix: dict[tuple[int, int], bytes] = {}
+        self._prefix: dict[tuple[int, int, str | None], bytes] = {}
 
     def url(self) -> str:
         return self._url
@@ -43,8 +50,8 @@ class GeminiProvider:
     def headers(self, api_key: str) -> dict[str, str]:
         return {"content-type": "application/json", "x-goog-api-key": api_key}
 
-    def _head(self, shape: Shape, max_tokens: int) -> bytes:
-        key = (id(shape), max_tokens)
+    def _head(self, shape: Shape, max_tokens: int, tier: str | None = None) -> bytes:
+        key = (id(shape), max_tokens, tier)
         head = self._prefix.get(key)
         if head is None:
             config = {
@@ -58,14 +65,16 @@ class GeminiProvider:
                 "systemInstruction": {"parts": [{"text": shape.system}]},
                 "generationConfig": config,
             }
+            if tier is not None:  # the documented REST field of the Flex tier
+                doc["service_tier"] = tier.upper()
             # the shared prefix is encoded once per job; only the user text is encoded per row
             head = orjson.dumps(doc)[:-1] + b',"contents":[{"role":"user","parts":[{"text":'
             self._prefix[key] = head
         return head
 
-    def encode(self, prompt: Prompt) -> bytes:
+    def encode(self, prompt: Prompt, tier: str | None = None) -> bytes:
         return (
-            self._head(prompt.shape, prompt.max_output_tokens)
+            self._head(prompt.shape, prompt.max_output_tokens, tier)
             + orjson.dumps(prompt.user)
             + b"}]}]}"
         )
@@ -87,7 +96,12 @@ class GeminiProvider:
             error = _error_object(body)
             cls, what, delay = google_error(resp.status, error)
             return Reply(
-                ReplyKind.ERROR, resp.status, error_class=cls, error=what, retry_after=delay
+                ReplyKind.ERROR,
+                resp.status,
+                error_class=cls,
+                error=what,
+                retry_after=delay,
+                capacity=google_capacity(resp.status, error),
             )
         if not isinstance(body, dict):
             return Reply(

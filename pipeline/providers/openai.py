@@ -11,6 +11,7 @@ from pipeline.providers.base import (
     Reply,
     ReplyKind,
     Shape,
+    google_capacity,
     google_error,
     parse_duration,
 )
@@ -34,7 +35,7 @@ class OpenAIProvider:
         self._model = model
         self._effort = thinking
         self._temperature = temperature
-        self._prefix: dict[tuple[int, int], bytes] = {}
+        self._prefix: dict[tuple[int, int, str | None], bytes] = {}
 
     def url(self) -> str:
         return self._url
@@ -42,8 +43,8 @@ class OpenAIProvider:
     def headers(self, api_key: str) -> dict[str, str]:
         return {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
 
-    def _head(self, shape: Shape, max_tokens: int) -> bytes:
-        key = (id(shape), max_tokens)
+    def _head(self, shape: Shape, max_tokens: int, tier: str | None = None) -> bytes:
+        key = (id(shape), max_tokens, tier)
         head = self._prefix.get(key)
         if head is None:
             doc = {
@@ -56,6 +57,8 @@ class OpenAIProvider:
                 "reasoning_effort": self._effort,
                 "temperature": self._temperature,
             }
+            if tier is not None:
+                doc["service_tier"] = tier
             system = orjson.dumps({"role": "system", "content": shape.system})
             head = (
                 orjson.dumps(doc)[:-1] + b',"messages":[' + system + b',{"role":"user","content":'
@@ -63,9 +66,11 @@ class OpenAIProvider:
             self._prefix[key] = head
         return head
 
-    def encode(self, prompt: Prompt) -> bytes:
+    def encode(self, prompt: Prompt, tier: str | None = None) -> bytes:
         return (
-            self._head(prompt.shape, prompt.max_output_tokens) + orjson.dumps(prompt.user) + b"}]}"
+            self._head(prompt.shape, prompt.max_output_tokens, tier)
+            + orjson.dumps(prompt.user)
+            + b"}]}"
         )
 
     def parse(self, resp: HttpResponse) -> Reply:
@@ -172,7 +177,14 @@ def _error_reply(resp: HttpResponse, body: Any) -> Reply:
         error = {"message": str(body)[:200]}
     if "status" in error or "details" in error:
         cls, what, delay = google_error(status, error)
-        return Reply(ReplyKind.ERROR, status, error_class=cls, error=what, retry_after=delay)
+        return Reply(
+            ReplyKind.ERROR,
+            status,
+            error_class=cls,
+            error=what,
+            retry_after=delay,
+            capacity=google_capacity(status, error),
+        )
     code = str(error.get("code") or error.get("type") or "")
     message = str(error.get("message", ""))[:300]
     what = f"HTTP {status} {code}: {message}".strip()
@@ -186,10 +198,16 @@ def _error_reply(resp: HttpResponse, body: Any) -> Reply:
             error_class=ErrorClass.RATE_LIMITED,
             error=what,
             retry_after=delay,
+            capacity=code not in ("rate_limit_exceeded", "tokens", "requests"),
         )
     if status in (408, 409) or status >= 500:
         return Reply(
-            ReplyKind.ERROR, status, error_class=ErrorClass.TRANSIENT, error=what, retry_after=delay
+            ReplyKind.ERROR,
+            status,
+            error_class=ErrorClass.TRANSIENT,
+            error=what,
+            retry_after=delay,
+            capacity=status == 503,
         )
     return Reply(ReplyKind.ERROR, status, error_class=ErrorClass.BAD_REQUEST, error=what)
 
