@@ -248,6 +248,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         if j["message"]:
             line += f" | {j['message']}"
         print(line)
+        if len(j["lanes"]) > 1 or "standard" not in j["lanes"]:
+            lanes = ", ".join(
+                f"{k} {v['rows']:,} rows ${v['usd']}" for k, v in sorted(j["lanes"].items())
+            )
+            print(f"  lanes: {lanes}")
+        for b in j["batches"]:
+            where = b["provider_name"] or "not submitted"
+            done = f", {b['ok_rows']:,} ok, {b['retry_rows']:,} sent again" if b["closed"] else ""
+            print(f"  batch {b['batch_id']} ({where}): {b['state']}, {b['rows']:,} rows{done}")
     return 0
 
 
@@ -278,6 +287,13 @@ def cmd_cost(args: argparse.Namespace) -> int:
         print(
             f"  by outcome: ok ${bo['ok']}, retried ${bo['retried']}, thrown away ${bo['thrown_away']}"
         )
+        for lane, lt in sorted(j["lanes"].items()):
+            shed = ""
+            if "shed" in lt:
+                shed = f", {lt['shed']['calls']:,} refused by Flex (${lt['shed']['usd']})"
+            print(
+                f"  {lane} lane: ${lt['usd']} for {lt['rows']:,} rows, {lt['calls']:,} calls{shed}"
+            )
         if j["rows_paid_twice"]:
             print(f"  rows paid twice: {j['rows_paid_twice']}")
     print(f"total: ${report['total_usd']}")

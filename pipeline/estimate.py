@@ -10,7 +10,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.pricing import LANE_FACTOR, cost_usd, lane_prices, resolve_prices
 from pipeline.sources import Row, count_rows_fast, read_batches
 from pipeline.spec import JobSpec
 from pipeline.tasks import build_task
@@ -54,7 +54,11 @@ def estimate(spec: JobSpec) -> dict[str, Any]:
         output=round(output * total_rows),
         thinking=round(thinking * total_rows),
     )
-    usd = cost_usd(usage, prices)
+    by_lane = {lane: cost_usd(usage, lane_prices(prices, lane)) for lane in LANE_FACTOR}
+    lane = (
+        spec.provider.lane if spec.provider.lane in LANE_FACTOR else "flex"
+    )  # auto starts on Flex
+    usd = by_lane[lane]
     rpm = spec.limits.rpm
     minutes = requests / rpm if rpm else None
     if spec.limits.tpm and minutes is not None:
@@ -72,7 +76,9 @@ def estimate(spec: JobSpec) -> dict[str, Any]:
             "output": usage.output,
             "thinking": usage.thinking,
         },
+        "lane": spec.provider.lane,
         "usd": str(usd.quantize(Decimal("0.000001"))),
+        "usd_by_lane": {k: str(v.quantize(Decimal("0.000001"))) for k, v in by_lane.items()},
         "usd_low": str((usd * Decimal("0.8")).quantize(Decimal("0.000001"))),
         "usd_high": str((usd * Decimal("1.3")).quantize(Decimal("0.000001"))),
         "minutes_at_limits": round(minutes, 1) if minutes is not None else None,
@@ -98,6 +104,7 @@ def format_estimate(r: dict[str, Any]) -> str:
         f"{r['job']} ({r['model']}): {rows} rows -> {r['requests']:,} requests\n"
         f"  tokens: input {t['input']:,}, output {t['output']:,}, thinking {t['thinking']:,}"
         f" (sampled {r['sampled']} rows)\n"
-        f"  cost: ${r['usd']} (range ${r['usd_low']} - ${r['usd_high']})\n"
+        f"  cost: ${r['usd']} in the {r['lane']} lane (range ${r['usd_low']} - ${r['usd_high']})\n"
+        f"  by lane: " + ", ".join(f"{k} ${v}" for k, v in r["usd_by_lane"].items()) + "\n"
         f"  time: {wall}"
     )

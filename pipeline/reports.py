@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import FlashpipeError, UsageError
-from pipeline.pricing import MILLION, Prices, resolve_prices
+from pipeline.pricing import MILLION, Prices, lane_prices, resolve_prices
 from pipeline.spec import load_spec
 from pipeline.store import Store
 
@@ -62,24 +62,45 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
             },
             "rows_paid_twice": store.rows_paid_twice(job),
         }
-        if prices is not None:
-            entry["usd"]["input"] = usd(
-                (tokens["input"] * prices.input_per_m + tokens["cached"] * prices.cached_per_m)
-                / MILLION
-            )
-            entry["usd"]["output"] = usd(
-                (tokens["output"] + tokens["thinking"]) * prices.output_per_m / MILLION
-            )
-            entry["prices_per_m"] = {
-                "input": str(prices.input_per_m),
-                "cached": str(prices.cached_per_m),
-                "output": str(prices.output_per_m),
-                "source": prices.source,
+        lanes = store.lane_totals(job)
+        entry["lanes"] = {}
+        money_in = money_out = Decimal(0)
+        for lane, lt in lanes.items():
+            shown: dict[str, Any] = {
+                "calls": lt["calls"],
+                "rows": lt["rows"],
+                "tokens": lt["tokens"],
+                "usd": usd(lt["usd"]),
+                "usd_exact": str(lt["usd"]),
             }
+            if lane == "flex":
+                shown["shed"] = {"calls": lt["shed"]["calls"], "usd": usd(lt["shed"]["usd"])}
+            if prices is not None:
+                lp = lane_prices(prices, lane)
+                lt_t = lt["tokens"]
+                money_in += (
+                    lt_t["input"] * lp.input_per_m + lt_t["cached"] * lp.cached_per_m
+                ) / MILLION
+                money_out += (lt_t["output"] + lt_t["thinking"]) * lp.output_per_m / MILLION
+                shown["prices_per_m"] = _price_dict(lp)
+            entry["lanes"][lane] = shown
+        if prices is not None:
+            entry["usd"]["input"] = usd(money_in)
+            entry["usd"]["output"] = usd(money_out)
+            entry["prices_per_m"] = _price_dict(prices)
         entry["usd_exact"] = str(t["usd"])
         jobs.append(entry)
         total += t["usd"]
     return {"jobs": jobs, "total_usd": usd(total), "total_usd_exact": str(total)}
+
+
+def _price_dict(p: Prices) -> dict[str, str]:
+    return {
+        "input": str(p.input_per_m),
+        "cached": str(p.cached_per_m),
+        "output": str(p.output_per_m),
+        "source": p.source,
+    }
 
 
 def status_report(store: Store, name: str | None) -> dict[str, Any]:
@@ -107,8 +128,21 @@ def status_report(store: Store, name: str | None) -> dict[str, Any]:
                 "requests_per_min": round(t["requests"] / elapsed * 60, 1) if elapsed else None,
                 "usd": usd(t["usd"]),
                 "rows_paid_twice": store.rows_paid_twice(job),
+                "lanes": {
+                    lane: {"calls": lt["calls"], "rows": lt["rows"], "usd": usd(lt["usd"])}
+                    for lane, lt in store.lane_totals(job).items()
+                },
+                "batches": [_batch_view(b) for b in store.batch_list(job)],
                 "runs": row["runs"],
                 "updated_at": row["updated_at"].isoformat() if row["updated_at"] else None,
             }
         )
     return {"jobs": jobs}
+
+
+def _batch_view(b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(b)
+    for k in ("created_at", "finished_at"):
+        if out.get(k) is not None:
+            out[k] = out[k].isoformat()
+    return out

@@ -565,15 +565,29 @@ class Store:
         ).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
-    def cost_by_lane(self, job: str) -> dict[str, dict[str, Any]]:
-        """Calls, USD and answered rows per lane (standard, flex, batch)."""
+    def lane_totals(self, job: str) -> dict[str, dict[str, Any]]:
+        """Per lane (standard, flex, batch): calls, Flex refusals, tokens, USD, answered rows."""
         out: dict[str, dict[str, Any]] = {}
-        for lane, calls, usd in self.con.execute(
-            "SELECT coalesce(lane, 'standard'), count(*), coalesce(sum(cost_usd), 0)"
-            " FROM calls WHERE job = ? GROUP BY 1 ORDER BY 1",
+        for r in self.con.execute(
+            "SELECT coalesce(lane, 'standard'), count(*), count(*) FILTER (WHERE outcome = 'shed'),"
+            " coalesce(sum(cost_usd) FILTER (WHERE outcome = 'shed'), 0),"
+            " coalesce(sum(input_tokens), 0), coalesce(sum(cached_tokens), 0),"
+            " coalesce(sum(output_tokens), 0), coalesce(sum(thinking_tokens), 0),"
+            " coalesce(sum(cost_usd), 0) FROM calls WHERE job = ? GROUP BY 1 ORDER BY 1",
             [job],
         ).fetchall():
-            out[str(lane)] = {"calls": int(calls), "usd": Decimal(usd), "rows": 0}
+            out[str(r[0])] = {
+                "calls": int(r[1]),
+                "shed": {"calls": int(r[2]), "usd": Decimal(r[3])},
+                "tokens": {
+                    "input": int(r[4]),
+                    "cached": int(r[5]),
+                    "output": int(r[6]),
+                    "thinking": int(r[7]),
+                },
+                "usd": Decimal(r[8]),
+                "rows": 0,
+            }
         for lane, rows in self.con.execute(
             "SELECT lane, count(DISTINCT rid) FROM (SELECT coalesce(lane, 'standard') AS lane,"
             " unnest(row_ids) AS rid FROM calls WHERE job = ? AND outcome IN ('ok', 'blocked'))"

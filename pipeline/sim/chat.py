@@ -25,6 +25,16 @@ def parse(body: Any, req: Req) -> None:
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", field="model")
     req.model = model.removeprefix("models/")
+    tier = body.get("service_tier")
+    if tier is not None:
+        if tier not in ("auto", "default", "flex", "priority", "scale"):
+            raise BadRequest(
+                f"Invalid value: '{tier}'. Supported values are: 'auto', 'default', 'flex', "
+                "'scale', and 'priority'.",
+                field="service_tier",
+                code="invalid_value",
+            )
+        req.tier = str(tier)
     messages = body.get("messages")
     if messages is None:
         raise BadRequest(
@@ -121,7 +131,7 @@ def finish_reason(r: Result) -> str:
     return "stop"
 
 
-def body(r: Result, model: str, rid: str, created: int) -> dict[str, Any]:
+def body(r: Result, model: str, rid: str, created: int, tier: str = "default") -> dict[str, Any]:
     text = r.text if r.text is not None or r.finish != MAX_TOKENS else ""
     return {
         "id": rid,
@@ -142,7 +152,7 @@ def body(r: Result, model: str, rid: str, created: int) -> dict[str, Any]:
             }
         ],
         "usage": usage(r),
-        "service_tier": "default",
+        "service_tier": tier,
         "system_fingerprint": None,
     }
 

@@ -29,11 +29,30 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--fault", action="append", default=[], metavar="NAME=RATE")
     p.add_argument("--hang-seconds", type=float, default=30.0)
     p.add_argument("--cache-min-tokens", type=int, default=1024)
+    p.add_argument("--flex-shed", type=float, default=0.0, help="share of Flex calls refused")
+    p.add_argument("--flex-slowdown", type=float, default=2.0)
+    p.add_argument("--batch-seconds", type=float, default=2.0, help="time to finish a batch")
+    p.add_argument(
+        "--batch-create-delay",
+        type=float,
+        default=0.0,
+        help="the first batch create is registered at once but answered this many seconds late",
+    )
+    p.add_argument(
+        "--batch-fault",
+        action="append",
+        default=[],
+        metavar="ok|expire|fail|invalid=SHARE",
+        help="the fate of the next created batch (repeat: one per batch, in order)",
+    )
     a = p.parse_args(argv)
     try:
         faults = dict(parse_rate(f) for f in a.fault)
     except ValueError as e:
         p.error(str(e))
+    for fate in a.batch_fault:
+        if fate not in ("ok", "expire", "fail") and not fate.startswith("invalid="):
+            p.error(f"--batch-fault {fate!r}: expected ok, expire, fail or invalid=SHARE")
     return Config(
         host=a.host,
         port=a.port,
@@ -48,6 +67,11 @@ def parse_args(argv: list[str] | None) -> Config:
         faults=faults,
         hang_seconds=a.hang_seconds,
         cache_min_tokens=a.cache_min_tokens,
+        flex_shed=a.flex_shed,
+        flex_slowdown=a.flex_slowdown,
+        batch_seconds=a.batch_seconds,
+        batch_faults=list(a.batch_fault),
+        batch_create_delay=a.batch_create_delay,
     )
 
 

@@ -84,6 +84,7 @@ class Req:
     stream: bool = False
     sse: bool = False
     include_usage: bool = False
+    tier: str | None = None  # "flex" for the Flex tier
 
 
 @dataclass(slots=True)

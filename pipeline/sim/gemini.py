@@ -62,6 +62,15 @@ def parse(body: Any, req: Req) -> None:
     system = get(body, "systemInstruction", "system_instruction")
     if system is not None:
         req.system = "\n".join(_texts(system, "system_instruction"))
+    tier = get(body, "serviceTier", "service_tier")
+    if tier is not None:
+        req.tier = str(tier).lower()
+        if req.tier not in ("standard", "flex", "priority"):
+            raise BadRequest(
+                f"Invalid value at 'service_tier' (type.googleapis.com/google.ai."
+                f'generativelanguage.v1beta.ServiceTier), "{tier}"',
+                violations=[("service_tier", f"Invalid value at 'service_tier', \"{tier}\"")],
+            )
     config = get(body, "generationConfig", "generation_config") or {}
     if not isinstance(config, dict):
         raise BadRequest("Invalid value at 'generation_config'.")

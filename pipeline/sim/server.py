@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from pipeline.sim import chat, core, envelopes, gemini, model
+from pipeline.sim.batch import Batches
 from pipeline.sim.core import BadRequest, Req, Result
 from pipeline.sim.faults import PROFILES, Picker
 from pipeline.sim.ledger import Ledger
@@ -46,6 +47,11 @@ class Config:
     faults: dict[str, float] = field(default_factory=dict)
     hang_seconds: float = 30.0
     cache_min_tokens: int = 1024
+    flex_shed: float = 0.0  # share of Flex calls refused (not billed)
+    flex_slowdown: float = 2.0  # Flex answers this many times slower
+    batch_seconds: float = 2.0  # a batch finishes this long after it was created
+    batch_faults: list[str] = field(default_factory=list)  # one per created batch, in order
+    batch_create_delay: float = 0.0  # the first batch create answers this late (it is created)
 
 
 class Sim:
@@ -64,6 +70,8 @@ class Sim:
         self.logging = cfg.ledger is not None
         self.cache: set[tuple[str, str, int]] = set()
         self.counter = itertools.count(1)
+        self.flex_rng = random.Random(cfg.seed + 2)
+        self.batches = Batches(self)
         salt = f"{cfg.seed}:{time.time_ns()}:{os.getpid()}".encode()
         digest = hashlib.blake2b(salt, digest_size=9).digest()
         self.id_prefix = base64.urlsafe_b64encode(digest).decode()
@@ -79,6 +87,7 @@ class Sim:
             r.add_post(f"/{v}/models/{{call}}", self.gemini)
             r.add_get(f"/{v}/models", self.list_models)
             r.add_get(f"/{v}/models/{{name}}", self.get_model)
+        self.batches.routes(app)
         return app
 
     def response_id(self) -> str:
@@ -91,9 +100,11 @@ class Sim:
         fault: str | None,
         result: Result | None = None,
         rid: str | None = None,
+        lane: str | None = None,
     ) -> None:
         if not self.logging:
             return
+        lane = lane or ("flex" if req.tier == "flex" else "standard")
         items = 1
         if req.schema is not None and req.schema.packed_item is not None:
             unpacked = model.unpack(req.user)
@@ -115,6 +126,8 @@ class Sim:
                     "thinking": result.thinking if result else 0,
                 },
                 "items": items,
+                "lane": lane,
+                "http": lane != "batch",
                 "response_id": rid,
                 "text_hash": hashlib.blake2b(req.user.encode(), digest_size=8).hexdigest(),
             }
@@ -144,7 +157,8 @@ class Sim:
         version = request.path.split("/", 2)[1]
         model_id, _, method = request.match_info["call"].partition(":")
         api = "gemini"
-        if method not in ("generateContent", "streamGenerateContent", "countTokens"):
+        known = ("generateContent", "streamGenerateContent", "countTokens", "batchGenerateContent")
+        if method not in known:
             return self.error(api, 404, envelopes.google(404, "NOT_FOUND", "Method not found."))
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
@@ -157,6 +171,8 @@ class Sim:
             return self.error(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
         if not core.known_model(model_id):
             return self.error(api, 404, envelopes.not_found(model_id, version, method))
+        if method == "batchGenerateContent":
+            return await self.batches.create_gemini(request, model_id, body)
         req = Req(api, request.path, model_id, key)
         req.stream = method == "streamGenerateContent"
         req.sse = req.stream and request.query.get("alt") == "sse"
@@ -265,6 +281,25 @@ class Sim:
         self.log(req, error[0], fault)
         return self.error(req.api, error[0], error[1])
 
+    async def _shed(self, req: Req) -> web.Response:
+        """Flex has no capacity for this call: refused at once and not billed. Gemini answers
+        a bare 503 UNAVAILABLE, OpenAI a 429 that names no rate limit of the key."""
+        if self.latency:
+            await asyncio.sleep(self.latency * 0.2)
+        self.log(req, 503 if req.api != "openai" else 429, "flex_shed")
+        if req.api == "openai":
+            body = envelopes.openai(
+                "Resource unavailable: there is no Flex capacity for this request right now. "
+                "Please retry later or use the default service tier.",
+                "resource_unavailable",
+                "resource_unavailable",
+            )
+            return self.error(req.api, 429, body)
+        body = envelopes.google(
+            503, "UNAVAILABLE", "The model is overloaded. Please try again later."
+        )
+        return self.error(req.api, 503, body)
+
     def _cached(self, req: Req) -> int:
         _, system = core.prompt_tokens(req)
         if system < self.cfg.cache_min_tokens or system == 0:
@@ -278,6 +313,12 @@ class Sim:
     async def complete(
         self, request: web.Request, req: Req, version: str, method: str
     ) -> web.StreamResponse:
+        if (
+            req.tier == "flex"
+            and self.cfg.flex_shed
+            and self.flex_rng.random() < self.cfg.flex_shed
+        ):
+            return await self._shed(req)
         limited = self._quota_error(req)
         if limited is not None:
             return limited
@@ -300,6 +341,8 @@ class Sim:
                 await asyncio.sleep(self.latency * self.jitter.uniform(0.5, 1.5))
             return self._fault_error(req, fault, version, method)
         delay = self.latency * self.jitter.uniform(0.5, 1.5) if self.latency else 0.0
+        if req.tier == "flex":
+            delay *= self.cfg.flex_slowdown
         if fault == "hang":
             delay += self.cfg.hang_seconds
         if delay:
@@ -355,7 +398,8 @@ class Sim:
             return web.Response(body=raw[: len(raw) // 2], headers=headers)
         if not req.stream:
             self.log(req, 200, fault, r, rid)
-            body = orjson.dumps(chat.body(r, req.model, rid, created))
+            tier = "flex" if req.tier == "flex" else "default"
+            body = orjson.dumps(chat.body(r, req.model, rid, created, tier))
             return web.Response(body=body, headers=headers)
         events = [
             b"data: " + orjson.dumps(c) + b"\n\n"
