@@ -49,6 +49,7 @@ from pipeline.store import (
 T = TypeVar("T")
 log = logging.getLogger("flashpipe")
 SUBMIT_TRIES = 6
+MAX_COLLECT = 30.0  # seconds a buffered row waits at most for its batch to fill
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +153,16 @@ class BatchRunner:
     async def _collect(
         self, items: ObjectReceiveStream[list[Row]] | ObjectReceiveStream[list[RowState]]
     ) -> None:
-        deadline = time.monotonic() + self.collect_seconds
+        # a partial batch goes once no row has arrived for collect_seconds (the input has
+        # dried up for now), and no row waits longer than MAX_COLLECT for its batch
+        last = first = time.monotonic()
         while not self.stopping():
-            timeout = max(0.0, deadline - time.monotonic()) if self._buffer else None
+            timeout = None
+            if self._buffer:
+                until = min(
+                    last + self.collect_seconds, first + max(MAX_COLLECT, self.collect_seconds)
+                )
+                timeout = max(0.0, until - time.monotonic())
             group: list[RowState] | list[Row] | None = None
             with anyio.move_on_after(timeout):
                 try:
@@ -166,12 +174,14 @@ class BatchRunner:
                     s if isinstance(s, RowState) else RowState(s, self.d.max_output_tokens)
                     for s in group
                 ]
+                last = time.monotonic()
                 if not self._buffer:
-                    deadline = time.monotonic() + self.collect_seconds
+                    first = last
                 self._buffer.append(group)
                 self._buffered_rows += len(group)
             if self._buffered_rows >= self.rows_per_batch or (group is None and self._buffer):
                 await self._launch()
+                first = time.monotonic()
 
     async def _launch(self) -> None:
         """Start one batch from the buffer (at most rows_per_batch rows)."""
