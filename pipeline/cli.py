@@ -157,10 +157,10 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
     api_key = None
     if args.sim:
         sim = SimProcess(["--profile", args.sim_profile]).start()
-        spec = load_spec(
-            document=orjson.loads(spec.raw),
-            overrides=[f'provider.base_url="{sim.base_url(spec.provider.api)}"'],
-        )
+        overrides = [f'provider.base_url="{sim.base_url(spec.provider.api)}"']
+        if spec.provider.lane in ("batch", "auto"):  # the simulator's batches take seconds
+            overrides += ["batch.poll_seconds=0.25", "batch.max_poll_seconds=1"]
+        spec = load_spec(document=orjson.loads(spec.raw), overrides=overrides)
         api_key = sim.key
     try:
         summary = _anyio_run(

@@ -139,7 +139,7 @@ class JobRun:
         self.stop_message: str | None = None
         self.hard_stop = False
         self.in_progress: dict[str, str] = {}  # row id -> input position, until stored
-        self.stats = RunStats(spec.name, rpm_limit=spec.limits.rpm)
+        self.stats = RunStats(spec.name, rpm_limit=spec.limits.rpm, lane=spec.provider.lane)
         self.lane = spec.provider.lane
         deadline = spec.provider.deadline
         provider = build_provider(spec)
@@ -381,6 +381,12 @@ class JobRun:
             await anyio.sleep(1.0)
             self.stats.in_flight = self.in_flight.borrowed_tokens
             self.stats.rpm_current = self.flow.current_rpm
+            self.stats.shed = self.dispatcher.shed
+            if self.batches is not None:
+                lane = self.batches.stats
+                self.stats.batches_open = lane.submitted - lane.finished
+                self.stats.batches_done = lane.finished
+                self.stats.batch_requests = self.batches.api.requests
             if self.auto:
                 target = self._auto_target(self.dispatcher.latency_ewma)
                 if isinstance(self.in_flight, anyio.CapacityLimiter) and (

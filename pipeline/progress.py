@@ -31,6 +31,11 @@ class RunStats:
     in_flight: int = 0
     started: float = field(default_factory=time.monotonic)
     state: str = "running"
+    lane: str = "standard"
+    shed: int = 0  # Flex refusals (not billed)
+    batches_open: int = 0
+    batches_done: int = 0
+    batch_requests: int = 0  # HTTP requests of the Batch lane (create, poll, upload, download)
 
     def count(self, status: str) -> None:
         self.rows_done += 1
@@ -66,6 +71,13 @@ class RunStats:
             "eta_s": round(left / rate) if rate > 0 else None,
             "in_flight": self.in_flight,
             "elapsed_s": round(elapsed, 1),
+            "lane": self.lane,
+            "shed": self.shed,
+            "batches": {
+                "open": self.batches_open,
+                "done": self.batches_done,
+                "requests": self.batch_requests,
+            },
         }
 
 
@@ -78,10 +90,16 @@ def format_line(snap: dict[str, Any]) -> str:
     eta_txt = f"{eta // 60}m{eta % 60:02d}s" if isinstance(eta, int) else "-"
     tokens = snap["tokens"]
     tok = tokens["input"] + tokens["cached"] + tokens["output"] + tokens["thinking"]
+    lanes = ""
+    if snap.get("shed"):
+        lanes += f" | flex refused {snap['shed']:,}"
+    if snap.get("lane") in ("batch", "auto"):
+        b = snap["batches"]
+        lanes += f" | batches {b['open']} open, {b['done']} done"
     return (
         f"{snap['job']}: rows {snap['rows_done']:,}/{total_txt} | {snap['rows_per_s']:,.1f} rows/s"
         f" | {snap['requests_per_min']:,.0f}{limit} req/min | 429s {snap['rate_limited']}"
-        f" | failed {snap['failures']} | tokens {tok:,} | ${snap['usd']}"
+        f" | failed {snap['failures']}{lanes} | tokens {tok:,} | ${snap['usd']}"
         f" (projected ${snap['usd_projected']}) | ETA {eta_txt}"
     )
 

@@ -9,6 +9,12 @@ for job in jobs/*.toml; do
   "$FP" run "$job" --sim --quiet
 done
 echo
+echo "== the tickets job again in the half-price lanes: one line of the job file, provider.lane"
+for lane in flex batch; do
+  echo "== flashpipe run jobs/classify_tickets.toml --sim --set provider.lane=$lane"
+  "$FP" run jobs/classify_tickets.toml --sim --quiet --set "name=tickets-$lane" --set "provider.lane=$lane"
+done
+echo
 echo "== flashpipe status"
 "$FP" status
 echo

@@ -357,3 +357,24 @@ def _until_done(client: genai.Client, job: Any) -> Any:
         time.sleep(0.1)
         job = client.batches.get(name=job.name)
     return job
+
+
+def test_the_budget_reserves_a_whole_batch_before_submitting_it(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    from pipeline.errors import BudgetExhausted
+
+    sim = sim_factory("--batch-seconds", "0.2")
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(400))
+    lanes = {"provider": {"lane": "batch"}, "batch": {**FAST_BATCH, "rows_per_batch": 400}}
+    db = tmp_path / "s.duckdb"
+    # a 400-row batch may cost up to ~$0.16 (every answer at max_output_tokens): too much
+    tight = make_spec(sim, src, extra={**lanes, "budget": {"max_usd": 0.05}})
+    with pytest.raises(BudgetExhausted):
+        run_sync(tight, db)
+    assert sql(db, "SELECT count(*) FROM batches") == [(0,)]  # nothing was submitted
+    roomy = make_spec(sim, src, extra={**lanes, "budget": {"max_usd": 1}})
+    run_sync(roomy, db)
+    assert sql(db, "SELECT count(*) FROM results WHERE status = 'ok'") == [(400,)]
+    spent = sql(db, "SELECT sum(cost_usd) FROM calls")[0][0]
+    assert 0 < spent < Decimal("0.05")  # the real bill is far below the worst case

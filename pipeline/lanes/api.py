@@ -33,8 +33,10 @@ class BatchApiError(Exception):
         stop: bool = False,
         bad: bool = False,
         retry_after: float | None = None,
+        status: int = 0,
     ):
         super().__init__(message)
+        self.status = status
         self.stop = stop
         self.bad = bad
         self.retry_after = retry_after
@@ -49,6 +51,8 @@ class RemoteBatch:
 
 
 class BatchApi(Protocol):
+    requests: int  # HTTP requests sent so far
+
     def line(self, key: str, request: bytes) -> bytes:
         """One JSONL line of a batch input file: the key and the encoded online request."""
         ...

@@ -73,6 +73,7 @@ class GeminiBatchApi:
                 stop=cls is ErrorClass.STOP,
                 bad=cls is ErrorClass.BAD_REQUEST,
                 retry_after=delay,
+                status=resp.status,
             )
         return resp
 
@@ -147,7 +148,12 @@ class GeminiBatchApi:
                 return None
 
     async def get(self, name: str) -> RemoteBatch:
-        body = orjson.loads((await self._call("GET", f"{self.base}/v1beta/{name}")).body)
+        try:
+            body = orjson.loads((await self._call("GET", f"{self.base}/v1beta/{name}")).body)
+        except BatchApiError as exc:
+            if exc.status == 404:  # deleted, or older than the provider keeps batches
+                return RemoteBatch(name, EXPIRED, "the provider no longer knows this batch")
+            raise
         meta = body.get("metadata") or {}
         state = STATES.get(str(meta.get("state", "")), PENDING)
         err = body.get("error")

@@ -63,9 +63,9 @@ class OpenAIBatchApi:
                 err = {}
             code = str(err.get("code") or err.get("type") or "")
             what = f"{method} {path}: HTTP {resp.status} {code}: {err.get('message', '')}"
-            stop = resp.status in (401, 403, 404) or code in STOP_CODES
+            stop = resp.status in (401, 403) or code in STOP_CODES
             bad = not stop and 400 <= resp.status < 500 and resp.status not in (408, 409, 429)
-            raise BatchApiError(what.strip(), stop=stop, bad=bad)
+            raise BatchApiError(what.strip(), stop=stop, bad=bad, status=resp.status)
         return resp
 
     def line(self, key: str, request: bytes) -> bytes:
@@ -120,7 +120,12 @@ class OpenAIBatchApi:
             after = str(page.get("last_id") or page["data"][-1]["id"])
 
     async def get(self, name: str) -> RemoteBatch:
-        body = orjson.loads((await self._call("GET", f"/batches/{name}")).body)
+        try:
+            body = orjson.loads((await self._call("GET", f"/batches/{name}")).body)
+        except BatchApiError as exc:
+            if exc.status == 404:
+                return RemoteBatch(name, EXPIRED, "the provider no longer knows this batch")
+            raise
         state = STATES.get(str(body.get("status", "")), PENDING)
         errors = (body.get("errors") or {}).get("data") or []
         error = None

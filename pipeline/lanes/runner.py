@@ -249,6 +249,8 @@ class BatchRunner:
         await self.budget.reserve(reserved)  # it will be billed whatever the budget says now
         name = info["provider_name"]
         batch = LocalBatch(batch_id, ordered, reserved, str(name) if name else None)
+        if batch.provider_name is not None:
+            self.stats.submitted += 1
         log.info("resuming batch %s (%s)", batch_id, name or "not yet submitted")
         self._start(batch, [self.d.prompt_for(g)[0] for g in ordered])
 
