@@ -378,3 +378,90 @@ def test_the_budget_reserves_a_whole_batch_before_submitting_it(
     assert sql(db, "SELECT count(*) FROM results WHERE status = 'ok'") == [(400,)]
     spent = sql(db, "SELECT sum(cost_usd) FROM calls")[0][0]
     assert 0 < spent < Decimal("0.05")  # the real bill is far below the worst case
+
+
+class RecordedTransport:
+    """Answers every request with the next recorded body (a stand-in for the network)."""
+
+    def __init__(self, bodies: list[Any]):
+        self.bodies = list(bodies)
+        self.sent: list[tuple[str, str]] = []
+
+    async def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> Any:
+        from pipeline.transport import HttpResponse
+
+        self.sent.append((method, url))
+        return HttpResponse(200, {}, json.dumps(self.bodies.pop(0)).encode())
+
+
+def test_the_recorded_gemini_batch_lifecycle_parses() -> None:
+    import anyio
+
+    from pipeline.lanes.api import PENDING, RUNNING, SUCCEEDED
+    from pipeline.lanes.gemini_batch import GeminiBatchApi, _reply
+    from pipeline.providers.base import ReplyKind
+    from tests.conftest import REFERENCE
+
+    rec = json.loads(
+        (REFERENCE / "gemini-recorded/batch.lifecycle.inline.gemini-2.5-flash.json").read_text()
+    )
+    bodies = [step["body"] for step in rec["sequence"]]
+    transport = RecordedTransport(bodies)
+    api = GeminiBatchApi(transport, "https://g.test", "gemini-2.5-flash", "k")  # type: ignore[arg-type]
+
+    async def go() -> list[Any]:
+        states = [await api.get(bodies[0]["name"]) for _ in bodies]
+        return [states, await api.results(states[-1])]
+
+    states, answers = anyio.run(go)
+    assert [s.state for s in states] == [PENDING, RUNNING, SUCCEEDED]
+    assert transport.sent[0] == ("GET", "https://g.test/v1beta/" + bodies[0]["name"])
+    assert sorted(answers) == ["req_1", "req_2", "req_3"]
+    first = answers["req_1"]
+    assert first.kind is ReplyKind.OK and first.usage.input == 5
+    assert (first.usage.output, first.usage.thinking) == (1373, 1582)
+
+    lines = json.loads(
+        (REFERENCE / "gemini-recorded/batch.output.responses-file.lines.json").read_text()
+    )
+    ok, bad = (_reply(line) for line in lines["output_lines"])
+    assert ok.kind is ReplyKind.OK and ok.text == '{"label":"billing"}'
+    assert bad.kind is ReplyKind.ERROR and bad.http_status == 400
+
+
+def test_the_simulators_batch_bodies_have_the_recorded_shape(sim: SimProcess) -> None:
+    import urllib.request
+
+    from tests.conftest import REFERENCE
+
+    rec = json.loads((REFERENCE / "gemini-recorded/batch.create.200.file-input.json").read_text())
+    request = {
+        "batch": {
+            "displayName": "shape",
+            "inputConfig": {
+                "requests": {
+                    "requests": [
+                        {
+                            "request": {"contents": [{"parts": [{"text": "hi"}]}]},
+                            "metadata": {"key": "a"},
+                        }
+                    ]
+                }
+            },
+        }
+    }
+    req = urllib.request.Request(
+        sim.url + "/v1beta/models/gemini-3.1-flash-lite-preview:batchGenerateContent",
+        data=json.dumps(request).encode(),
+        headers={"x-goog-api-key": "sim-key", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req) as resp:
+        body = json.loads(resp.read())
+    want = rec["body"]
+    assert set(body) == set(want)
+    assert set(body["metadata"]) == set(want["metadata"]) - {"inputConfig"}
+    assert body["metadata"]["@type"] == want["metadata"]["@type"]
+    assert body["metadata"]["state"] == "BATCH_STATE_PENDING"
+    assert body["metadata"]["batchStats"] == {"requestCount": "1", "pendingRequestCount": "1"}
