@@ -210,7 +210,9 @@ class JobRun:
         packer = Packer(spec.limits.rows_per_request, work)
         async with work, out:
             frames: Iterator[Frame] = read_frames(spec.input)
-            group_rows = LOOKUP_MIN
+            # a resume far into a big job: every lookup scans the stored rows once, so start
+            # with large groups instead of growing to them
+            group_rows = min(LOOKUP_MAX, max(LOOKUP_MIN, self.stats.rows_before // 8))
             exhausted = False
             while not exhausted and not self.stopping():
                 group: list[Frame] = []

@@ -106,17 +106,35 @@ class Aimd:
     increase_fraction: float = 0.05  # of the current rate (at least 1 % of the limit)
     quiet_interval: float = 5.0
     current: float = 0.0
+    # where the 429s began (the rate before the last decrease, or the accepted rate if lower):
+    # climbing back, the rate creeps near it for 5 minutes after the last 429s, so a key whose
+    # real quota is below the configured limit spends little time above that quota
+    ceiling_memory: float = 300.0
     _last_change: float = -math.inf
+    _ceiling: float = math.inf
+    _ceiling_at: float = -math.inf
 
     def __post_init__(self) -> None:
         self.current = self.limit
 
-    def on_rate_limited(self, now: float, cooldown: float) -> bool:
+    def on_rate_limited(self, now: float, cooldown: float, accepted: int | None = None) -> bool:
         """Lower the rate once per cool-down, and at least every 5 s under pressure; True when it
-        changed. A key whose real quota is a tenth of the configured one gets there in ~30 s."""
+        changed. A key whose real quota is a tenth of the configured one gets there in ~30 s.
+
+        `accepted`: the most requests the service accepted in any minute lately. The quota is at
+        least that, so the rate drops at once to just under it, and never below 90 % of it
+        (429s that go on until the provider's minute turns over say nothing new)."""
         if now - self._last_change < min(5.0, max(1.0, cooldown)):
             return False
-        self.current = max(self.limit * self.floor_fraction, self.current * self.decrease)
+        self._ceiling_at = now  # 429s still come: keep the memory of where they began
+        target = self.current * self.decrease
+        if accepted:
+            target = max(min(target, accepted * 0.98), accepted * 0.9)
+        target = min(self.current, max(self.limit * self.floor_fraction, target))
+        if target >= self.current:
+            return False
+        self._ceiling = min(self.current, accepted) if accepted else self.current
+        self.current = target
         self._last_change = now
         return True
 
@@ -126,9 +144,44 @@ class Aimd:
         # a step relative to where we are: a key whose real quota is a tenth of the configured
         # one climbs back in small steps instead of jumping past its quota each time
         step = max(self.limit * 0.01, self.current * self.increase_fraction)
+        near = now - self._ceiling_at < self.ceiling_memory and (
+            self.current + step > 0.9 * self._ceiling
+        )
+        if near:  # where the last 429s began: creep, 1 % of the current rate per step
+            step = self.current * 0.01
         self.current = min(self.limit, self.current + step)
         self._last_change = now
         return True
+
+
+class AcceptedRate:
+    """The most responses accepted (not 429) in any 60 s window of the last few minutes (pure).
+
+    Counted per second; asked only when the rate is about to be lowered."""
+
+    def __init__(self, horizon: float = 300.0):
+        self._seconds: deque[list[int]] = deque()  # [second, count]
+        self._horizon = horizon
+
+    def record(self, now: float) -> None:
+        second = int(now)
+        if self._seconds and self._seconds[-1][0] == second:
+            self._seconds[-1][1] += 1
+        else:
+            self._seconds.append([second, 1])
+        while self._seconds and self._seconds[0][0] < second - self._horizon:
+            self._seconds.popleft()
+
+    def peak_per_minute(self) -> int:
+        best = run = 0
+        window: deque[list[int]] = deque()
+        for item in self._seconds:
+            window.append(item)
+            run += item[1]
+            while window[0][0] <= item[0] - 60:
+                run -= window.popleft()[1]
+            best = max(best, run)
+        return best
 
 
 class Pressure:
@@ -187,15 +240,26 @@ class FlowControl:
         self.gate = CooldownGate(clock)
         self.aimd = Aimd(float(rpm)) if rpm > 0 else None
         self.pressure = Pressure()
+        self.accepted = AcceptedRate()
         self.rate_limited = 0
         self._last_pressure = -math.inf
 
     async def acquire(self, est_tokens: int) -> None:
-        await self.gate.wait()
-        if self.requests is not None:
-            await self.requests.reserve(1)
-        if self.tokens is not None:
-            await self.tokens.reserve(est_tokens)
+        while True:
+            await self.gate.wait()
+            if self.requests is not None:
+                await self.requests.reserve(1)
+            if self.tokens is not None:
+                await self.tokens.reserve(est_tokens)
+            if self.gate.remaining() == 0 or (self.requests is None and self.tokens is None):
+                break
+            # the gate closed while this call queued for its slot: give the slot back and
+            # queue again once the gate opens, so a backlog neither drains into a spent quota
+            # nor bursts out together when the gate opens
+            if self.requests is not None:
+                self.requests.settle(1, 0)
+            if self.tokens is not None:
+                self.tokens.settle(est_tokens, 0)
         aimd, requests, now = self.aimd, self.requests, self._clock()
         # climb back only after a spell without pressure (stray 429s do not count)
         if (
@@ -212,6 +276,8 @@ class FlowControl:
 
     def on_response(self, rate_limited: bool) -> None:
         self.pressure.record(rate_limited)
+        if not rate_limited and self.aimd is not None:
+            self.accepted.record(self._clock())
 
     def on_rate_limited(self, delay: float | None) -> None:
         """A 429: the request itself waits `delay`; under pressure every worker waits too."""
@@ -225,7 +291,7 @@ class FlowControl:
         if (
             aimd is not None
             and requests is not None
-            and aimd.on_rate_limited(self._clock(), cooldown)
+            and aimd.on_rate_limited(self._clock(), cooldown, self.accepted.peak_per_minute())
         ):
             requests.set_per_minute(aimd.current)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import glob
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,14 +103,27 @@ class _RowFrame(Frame):
 
 
 class _ArrowFrame(Frame):
-    def __init__(self, batch: pa.RecordBatch, spec: InputSpec, prefix: str, offset: int):
-        self._batch = batch
+    """Rows of a Parquet file. Only the id column is read up front; the other columns are
+    read when rows are asked for, so resume skips stored rows without decoding their text."""
+
+    def __init__(
+        self,
+        ids: pa.Array | None,
+        length: int,
+        spec: InputSpec,
+        prefix: str,
+        offset: int,
+        load: Callable[[], pa.RecordBatch],
+    ):
+        self._ids = ids
+        self._length = length
+        self._load = load
         self._spec = spec
         self._prefix = f"{prefix}row:"
         self._offset = offset
 
     def __len__(self) -> int:
-        return int(self._batch.num_rows)
+        return self._length
 
     def _pos(self, i: int) -> str:
         return f"{self._prefix}{self._offset + i + 1}"
@@ -120,9 +133,9 @@ class _ArrowFrame(Frame):
         return pc.binary_join_element_wise(self._prefix, numbers.cast(pa.string()), "")
 
     def ids(self) -> pa.Array:
-        if self._spec.id is None:
+        if self._ids is None:
             return self.positions()
-        column = self._batch.column(self._spec.id)
+        column = self._ids
         if column.null_count == 0 and (
             pa.types.is_integer(column.type)
             or (
@@ -136,7 +149,8 @@ class _ArrowFrame(Frame):
         return pa.array(texts, pa.string())
 
     def rows(self, indices: list[int] | None = None) -> list[Row]:
-        batch = self._batch if indices is None else self._batch.take(pa.array(indices, pa.int64()))
+        full = self._load()
+        batch = full if indices is None else full.take(pa.array(indices, pa.int64()))
         picked = range(len(self)) if indices is None else indices
         return [
             _make_row(rec, self._spec, self._pos(i))
@@ -245,9 +259,39 @@ def _parquet_frames(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterato
     wanted = [c for c in {spec.text, *(spec.keep), *([spec.id] if spec.id else [])} if c in names]
     wanted = sorted(wanted)
     offset = 0
-    for rb in pf.iter_batches(batch_size=n, columns=wanted):
-        yield _ArrowFrame(rb, spec, prefix, offset)
-        offset += rb.num_rows
+    for rg in range(pf.metadata.num_row_groups):
+        size = pf.metadata.row_group(rg).num_rows
+        ids = pf.read_row_group(rg, columns=[spec.id]).column(0) if spec.id else None
+        loader = _RowGroupLoader(pf, rg, wanted, n)
+        for k, start in enumerate(range(0, size, n)):
+            length = min(n, size - start)
+            frame_ids = ids.slice(start, length).combine_chunks() if ids is not None else None
+            yield _ArrowFrame(
+                frame_ids, length, spec, prefix, offset + start, functools.partial(loader.frame, k)
+            )
+        offset += size
+
+
+class _RowGroupLoader:
+    """Reads one row group's frames in order, only if some frame's rows are asked for: frames
+    wholly done are skipped over without building rows, and memory stays one frame."""
+
+    def __init__(self, pf: Any, rg: int, columns: list[str], n: int):
+        self._pf, self._rg, self._columns, self._n = pf, rg, columns, n
+        self._it: Iterator[pa.RecordBatch] | None = None
+        self._next = 0
+
+    def frame(self, k: int) -> pa.RecordBatch:
+        if self._it is None or k < self._next:
+            self._it = self._pf.iter_batches(
+                batch_size=self._n, columns=self._columns, row_groups=[self._rg]
+            )
+            self._next = 0
+        while True:
+            batch = next(self._it)
+            self._next += 1
+            if self._next - 1 == k:
+                return batch
 
 
 def count_rows_fast(spec: InputSpec) -> tuple[int, bool]:

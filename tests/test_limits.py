@@ -154,3 +154,32 @@ def test_under_pressure_the_rate_falls_every_5_s_even_with_long_server_delays() 
         assert aimd.on_rate_limited(now=t, cooldown=40.0)
         steps += 1
     assert steps <= 7  # 3000 -> under 300 in about 30 s, not one step per 40 s
+
+
+def test_accepted_rate_is_the_busiest_minute_of_the_last_few() -> None:
+    from pipeline.limits import AcceptedRate
+
+    rate = AcceptedRate()
+    for i in range(300):  # 300 accepted in the first 10 s, then a quiet gate
+        rate.record(i / 30)
+    for i in range(50):  # 50 more, 70-75 s in
+        rate.record(70 + i / 10)
+    assert rate.peak_per_minute() == 300
+
+
+def test_an_overclaimed_limit_drops_to_the_accepted_rate_and_not_below() -> None:
+    aimd = Aimd(3000.0)
+    # the key took 300 in its first minute, then refused: the rate drops to just under 300 at
+    # once, and 429s that go on until the provider's minute turns over push it no lower
+    assert aimd.on_rate_limited(now=10.0, cooldown=2.0, accepted=300)
+    assert aimd.current == 294
+    assert aimd.on_rate_limited(now=15.0, cooldown=2.0, accepted=300)
+    assert aimd.current == 270
+    assert not aimd.on_rate_limited(now=20.0, cooldown=2.0, accepted=300)
+    assert aimd.current == 270
+    # climbing back, it creeps near where the 429s began instead of jumping past it
+    t = 20.0
+    for _ in range(4):
+        t += 5.0
+        aimd.on_quiet(t)
+    assert 270 < aimd.current < 294 * 1.05
