@@ -66,7 +66,9 @@ def flashpipe(*args: str, timeout: float = 600, stop_after: float | None = None)
         deadline = time.monotonic() + timeout
         stop_at = time.monotonic() + stop_after if stop_after is not None else None
         interrupted = False
+        hwm = 0.0
         while True:
+            hwm = max(hwm, _peak_rss_mib(proc.pid))
             if stop_at is not None and not interrupted and time.monotonic() > stop_at:
                 proc.send_signal(signal.SIGINT)
                 interrupted = True
@@ -88,13 +90,27 @@ def flashpipe(*args: str, timeout: float = 600, stop_after: float | None = None)
     return Proc(
         wall,
         float(m.group(1)) if m else wall,
-        usage.ru_maxrss / 1024,
+        # ru_maxrss of a child counts the parent's pages it held between fork and exec (the
+        # bench runner's own memory); VmHWM belongs to the exec'd program alone
+        hwm or usage.ru_maxrss / 1024,
         started,
         text,
         err_text,
         proc.returncode,
         interrupted,
     )
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
 
 
 def fresh_db(name: str) -> Path:
