@@ -26,6 +26,10 @@ class Budget:
         self.reserved += amount
         return True
 
+    def hold(self, amount: Decimal) -> None:
+        """Count a cost already committed (a batch submitted by an earlier run), cap or not."""
+        self.reserved += amount
+
     async def reserve(self, amount: Decimal) -> bool:
         """Reserve `amount`, waiting for in-flight calls to settle; False when it never fits."""
         while not self.try_reserve(amount):

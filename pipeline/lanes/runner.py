@@ -246,7 +246,7 @@ class BatchRunner:
         ordered = [groups[k] for k in sorted(groups)]
         reserved = Decimal(str(info["reserved"]))
         await self.open_slots.acquire()
-        await self.budget.reserve(reserved)  # it will be billed whatever the budget says now
+        self.budget.hold(reserved)  # submitted already: it will be billed whatever the cap says
         name = info["provider_name"]
         batch = LocalBatch(batch_id, ordered, reserved, str(name) if name else None)
         if batch.provider_name is not None:
