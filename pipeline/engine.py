@@ -556,7 +556,7 @@ async def run_job(
         spec.name,
         run.stats.state,
         dict(run.stats.by_status),
-        run.stats.requests,
+        run.stats.requests + (run.batches.api.requests if run.batches is not None else 0),
         run.stats.usd,
         time.monotonic() - started,
         view,
