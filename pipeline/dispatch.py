@@ -206,7 +206,7 @@ class Dispatcher:
         shed = tier == "flex" and reply.kind is ReplyKind.ERROR and reply.capacity
         if not shed:  # a Flex refusal says nothing about the key's rate limits
             self.flow.on_response(reply.error_class is ErrorClass.RATE_LIMITED)
-        self.charge(group, reply, prices)
+        self.charge(group, reply, prices, call_cost)
         if shed:
             outcome, finals, retry, error = await self._shed(group, reply)
         else:
@@ -221,8 +221,16 @@ class Dispatcher:
                 await anyio.sleep(delay)
         return [g for g, _ in retry]
 
-    def charge(self, group: list[RowState], reply: Reply, prices: Prices) -> None:
+    def charge(
+        self, group: list[RowState], reply: Reply, prices: Prices, call_cost: Decimal
+    ) -> None:
         """Each row of the call carries its exact share of the call's tokens and cost."""
+        if len(group) == 1:  # the whole call: its cost is already known
+            state = group[0]
+            state.calls += 1
+            state.usage = state.usage + reply.usage
+            state.cost += call_cost
+            return
         for state, share in zip(group, reply.usage.split(len(group)), strict=True):
             state.calls += 1
             state.usage = state.usage + share

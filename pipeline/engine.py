@@ -22,9 +22,9 @@ import anyio
 import orjson
 import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pipeline.budget import Budget
+from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
 from pipeline.journal import CallJournal, journal_files, read_journal
@@ -281,9 +281,7 @@ class JobRun:
                     self.request_stop(stop.reason, str(stop))
 
     # -- writer ------------------------------------------------------------------------------
-    async def write(
-        self, inbox: MemoryObjectReceiveStream[Outcome | ResultRecord | BatchOutcome]
-    ) -> None:
+    async def write(self, inbox: ChannelReceiver[Outcome | ResultRecord | BatchOutcome]) -> None:
         """Receive outcomes, journal each call at once, and hand batches to the committer.
 
         Receiving never waits for a commit: while one batch commits, the next one fills and
@@ -564,10 +562,8 @@ async def run_job(
 
 
 async def _run_stages(run: JobRun, handle_signals: bool) -> None:
-    work_send, work_recv = anyio.create_memory_object_stream[list[Row]](max(16, run.workers))
-    out_send, out_recv = anyio.create_memory_object_stream[Outcome | ResultRecord | BatchOutcome](
-        4096
-    )
+    work_send, work_recv = channel[list[Row]](max(16, run.workers))
+    out_send, out_recv = channel[Outcome | ResultRecord | BatchOutcome](4096)
     async with anyio.create_task_group() as tg:
         tg.start_soon(run.write, out_recv)
         ticker = anyio.CancelScope()
@@ -593,7 +589,7 @@ async def _run_stages(run: JobRun, handle_signals: bool) -> None:
                 stages.start_soon(batches.run, work_recv, out_send.clone())
                 out_send.close()
             else:
-                moved_send, moved_recv = anyio.create_memory_object_stream[list[RowState]](64)
+                moved_send, moved_recv = channel[list[RowState]](64)
                 if batches is not None:  # auto: rows Flex keeps refusing move to Batch
                     run.dispatcher.to_batch = moved_send.send
                     stages.start_soon(batches.run, moved_recv, out_send.clone())

@@ -399,8 +399,9 @@ class BatchRunner:
         self._requeue(again)
 
     def _charge(self, group: list[RowState], reply: Reply) -> Decimal:
-        self.d.charge(group, reply, self.prices)
-        return cost_usd(reply.usage, self.prices)
+        cost = cost_usd(reply.usage, self.prices)
+        self.d.charge(group, reply, self.prices, cost)
+        return cost
 
     def _unanswered(
         self, group: list[RowState], remote: RemoteBatch, results: list[ResultRecord]
