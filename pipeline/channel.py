@@ -13,6 +13,7 @@ real I/O between items, so cancellation still arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -60,7 +61,9 @@ async def _wait(waiters: deque[asyncio.Future[None]]) -> None:
         if fut.done() and not fut.cancelled():
             _Shared.wake_one(waiters)  # woken and cancelled at once: pass the wake-up on
         else:
-            fut.cancel()  # wake_one skips it
+            # a timed-out wait leaves nothing behind (the writer times out 4 times a second)
+            with contextlib.suppress(ValueError):
+                waiters.remove(fut)
         raise
 
 
@@ -84,12 +87,15 @@ class ChannelSender(ObjectSendStream[T]):
             shared.wake_one(shared.getters)
 
     async def send(self, item: T) -> None:
+        shared = self._shared
         while True:
             try:
                 self.send_nowait(item)
                 return
             except WouldBlock:
-                await _wait(self._shared.putters)
+                await _wait(shared.putters)
+            if self._closed and len(shared.buffer) < shared.size:
+                shared.wake_one(shared.putters)  # closed while woken: the room goes to another
 
     def clone(self) -> ChannelSender[T]:
         if self._closed:
@@ -131,11 +137,14 @@ class ChannelReceiver(ObjectReceiveStream[T]):
         raise WouldBlock
 
     async def receive(self) -> T:
+        shared = self._shared
         while True:
             try:
                 return self.receive_nowait()
             except WouldBlock:
-                await _wait(self._shared.getters)
+                await _wait(shared.getters)
+            if self._closed and shared.buffer:
+                shared.wake_one(shared.getters)  # closed while woken: the item goes to another
 
     def clone(self) -> ChannelReceiver[T]:
         if self._closed:

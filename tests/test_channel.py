@@ -1,5 +1,7 @@
 """The engine's bounded channels keep anyio's stream contract."""
 
+import asyncio
+
 import anyio
 import pytest
 
@@ -67,14 +69,97 @@ async def test_many_receivers_share_the_items_each_exactly_once() -> None:
                 seen.append(item)
                 await anyio.sleep(0)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(50):
-            tg.start_soon(worker, recv.clone())
-        recv.close()
-        async with send:
-            for i in range(1000):
-                await send.send(i)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(worker, recv.clone())
+            recv.close()
+            async with send:
+                for i in range(1000):
+                    await send.send(i)
+                # every item is taken while the channel is still open: closing would wake
+                # every waiter and hide a lost wake-up
+                while len(seen) < 1000:
+                    await anyio.sleep(0.001)
     assert sorted(seen) == list(range(1000))
+
+
+@pytest.mark.anyio
+async def test_a_receiver_cancelled_as_it_is_woken_passes_the_item_on() -> None:
+    send, recv = channel[int](4)
+    got: list[tuple[str, int]] = []
+
+    async def take(name: str) -> None:
+        got.append((name, await recv.receive()))
+
+    loop = asyncio.get_running_loop()
+    first = loop.create_task(take("first"))
+    await anyio.sleep(0.01)
+    second = loop.create_task(take("second"))
+    await anyio.sleep(0.01)
+    send.send_nowait(1)  # wakes `first`...
+    first.cancel()  # ...which is cancelled before it runs
+    with anyio.fail_after(2):
+        await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert got == [("second", 1)]
+
+
+@pytest.mark.anyio
+async def test_a_receiver_closed_while_woken_leaves_the_item_to_another() -> None:
+    send, recv = channel[int](4)
+    other = recv.clone()
+    got: list[int] = []
+    failed: list[BaseException] = []
+
+    async def take_closed() -> None:
+        try:
+            await recv.receive()
+        except anyio.ClosedResourceError as exc:
+            failed.append(exc)
+
+    async def take_other() -> None:
+        got.append(await other.receive())
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take_closed)
+            await anyio.sleep(0.01)
+            tg.start_soon(take_other)
+            await anyio.sleep(0.01)
+            send.send_nowait(5)  # wakes the first waiter
+            recv.close()  # whose end closes before it runs
+    assert got == [5] and len(failed) == 1
+
+
+@pytest.mark.anyio
+async def test_timed_out_waits_leave_no_waiter_behind() -> None:
+    send, recv = channel[int](4)
+    for _ in range(200):
+        with anyio.move_on_after(0.0005):
+            await recv.receive()
+    assert not recv._shared.getters  # the writer times out 4 times a second, for hours
+    send.send_nowait(1)
+    assert await recv.receive() == 1
+
+
+@pytest.mark.anyio
+async def test_the_stream_ends_only_after_buffered_items_and_closed_ends_refuse_use() -> None:
+    send, recv = channel[int](4)
+    send.send_nowait(1)
+    send.send_nowait(2)
+    send.close()
+    assert [item async for item in recv] == [1, 2]
+    with pytest.raises(anyio.EndOfStream):
+        recv.receive_nowait()
+    with pytest.raises(anyio.ClosedResourceError):
+        await send.send(3)
+    with pytest.raises(anyio.ClosedResourceError):
+        send.clone()
+    recv.close()
+    with pytest.raises(anyio.ClosedResourceError):
+        recv.clone()
 
 
 @pytest.mark.anyio

@@ -164,11 +164,12 @@ class BatchRunner:
                 )
                 timeout = max(0.0, until - time.monotonic())
             group: list[RowState] | list[Row] | None = None
-            with anyio.move_on_after(timeout):
-                try:
-                    group = await items.receive()
-                except anyio.EndOfStream:
-                    break
+            if timeout is None or timeout > 0:  # a batch that is due goes before the next row
+                with anyio.move_on_after(timeout):
+                    try:
+                        group = await items.receive()
+                    except anyio.EndOfStream:
+                        break
             if group is not None:
                 group = [
                     s if isinstance(s, RowState) else RowState(s, self.d.max_output_tokens)
