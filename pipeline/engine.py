@@ -14,11 +14,12 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -214,26 +215,21 @@ class JobRun:
             frames: Iterator[Frame] = read_frames(spec.input)
             # a resume far into a big job: every lookup scans the stored rows once, so start
             # with large groups instead of growing to them
-            group_rows = min(LOOKUP_MAX, max(LOOKUP_MIN, self.stats.rows_before // 8))
-            exhausted = False
-            while not exhausted and not self.stopping():
-                group: list[Frame] = []
-                size = 0
-                while size < group_rows:
-                    frame = await anyio.to_thread.run_sync(next, frames, None)
-                    if frame is None:
-                        exhausted = True
-                        break
-                    group.append(frame)
-                    size += len(frame)
-                if not group:
-                    break
+            size = min(LOOKUP_MAX, max(LOOKUP_MIN, self.stats.rows_before // 8))
+            group, exhausted = await anyio.to_thread.run_sync(_take_frames, frames, size)
+            found = False
+            while group and not self.stopping():
                 ids = pa.concat_arrays([f.ids() for f in group])
                 positions = pa.concat_arrays([f.positions() for f in group])
-                todo = await self.store.run(self.store.store.to_do, spec.name, ids, positions)
                 # each lookup scans the stored rows once: while whole groups are done (a resume
-                # far into a big job), look up ever larger groups to reach the work sooner
-                group_rows = min(LOOKUP_MAX, group_rows * 2) if not todo else LOOKUP_MIN
+                # far into a big job), read ever larger groups to reach the work sooner
+                size = LOOKUP_MIN if found else min(LOOKUP_MAX, size * 2)
+                todo, (following, exhausted) = await _together(
+                    partial(self.store.run, self.store.store.to_do, spec.name, ids, positions),
+                    # the next group is read while DuckDB looks this one up
+                    partial(_read_ahead, frames, size, exhausted),
+                )
+                found = bool(todo)
                 stored = {ids[i].as_py(): p for i, p in todo.items() if p is not None}
                 for frame, picked in _split(group, todo):
                     rows = await anyio.to_thread.run_sync(frame.rows, picked)
@@ -247,6 +243,7 @@ class JobRun:
                         await packer.add(row)
                         if self.stopping():
                             return
+                group = following
             if not self.stopping():
                 await packer.flush()
 
@@ -465,6 +462,46 @@ class Packer:
         if self.pack:
             await self.work.send(self.pack)
         self.pack, self.tokens = [], 0
+
+
+def _take_frames(frames: Iterator[Frame], rows: int) -> tuple[list[Frame], bool]:
+    """Frames holding at least `rows` rows (fewer at the end), and whether the input ended."""
+    group: list[Frame] = []
+    size = 0
+    while size < rows:
+        frame = next(frames, None)
+        if frame is None:
+            return group, True
+        group.append(frame)
+        size += len(frame)
+    return group, False
+
+
+async def _read_ahead(
+    frames: Iterator[Frame], rows: int, exhausted: bool
+) -> tuple[list[Frame], bool]:
+    if exhausted:
+        return [], True
+    return await anyio.to_thread.run_sync(_take_frames, frames, rows)
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _together(
+    first: Callable[[], Awaitable[A]], second: Callable[[], Awaitable[B]]
+) -> tuple[A, B]:
+    """Await two calls at once (both wait on native code that releases the GIL)."""
+    out: dict[int, Any] = {}
+
+    async def run(key: int, fn: Callable[[], Awaitable[Any]]) -> None:
+        out[key] = await fn()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, 0, first)
+        tg.start_soon(run, 1, second)
+    return out[0], out[1]
 
 
 def _split(group: list[Frame], todo: dict[int, str | None]) -> list[tuple[Frame, list[int] | None]]:

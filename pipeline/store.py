@@ -271,6 +271,7 @@ class Store:
 
     def __init__(self, path: str, *, read_only: bool = False, for_run: bool = False):
         self.path = path
+        self._indices = pa.array([], pa.int64())  # 0..n-1, sliced for each resume lookup
         if read_only and not Path(path).exists():
             raise StoreError(f"store {path!r} does not exist; run a job first")
         try:
@@ -392,13 +393,10 @@ class Store:
     def to_do(self, job: str, row_ids: pa.Array, positions: pa.Array) -> dict[int, str | None]:
         """The anti-join of resume: candidates with no stored result, or stored from another
         input position (a duplicate id). Index -> the position that stored it (or None)."""
-        cand = pa.table(
-            {
-                "row_id": row_ids,
-                "pos": positions,
-                "idx": pa.array(range(len(row_ids)), pa.int64()),
-            }
-        )
+        n = len(row_ids)
+        if len(self._indices) < n:  # built from a Python range once, not per lookup
+            self._indices = pa.array(range(max(n, 2 * len(self._indices))), pa.int64())
+        cand = pa.table({"row_id": row_ids, "pos": positions, "idx": self._indices.slice(0, n)})
         self.con.register("_cand", cand)
         try:
             rows = self.con.execute(
