@@ -219,33 +219,56 @@ class JobRun:
             group, exhausted = await anyio.to_thread.run_sync(_take_frames, frames, size)
             found = False
             while group and not self.stopping():
+                # while DuckDB looks a group up, the next one is read, unless this group holds
+                # parsed rows (JSONL): two groups of rows would then sit in memory at once
+                ahead = not any(f.holds_rows for f in group)
                 ids = pa.concat_arrays([f.ids() for f in group])
                 positions = pa.concat_arrays([f.positions() for f in group])
-                # each lookup scans the stored rows once: while whole groups are done (a resume
-                # far into a big job), read ever larger groups to reach the work sooner
-                size = LOOKUP_MIN if found else min(LOOKUP_MAX, size * 2)
-                todo, (following, exhausted) = await _together(
-                    partial(self.store.run, self.store.store.to_do, spec.name, ids, positions),
-                    # the next group is read while DuckDB looks this one up
-                    partial(_read_ahead, frames, size, exhausted),
-                )
+                lookup = partial(self.store.run, self.store.store.to_do, spec.name, ids, positions)
+                following: list[Frame] = []
+                if ahead:
+                    size = _next_size(size, found)
+                    todo, (following, exhausted) = await _together(
+                        lookup, partial(_read_ahead, frames, size, exhausted)
+                    )
+                else:
+                    todo = await lookup()
                 found = bool(todo)
-                stored = {ids[i].as_py(): p for i, p in todo.items() if p is not None}
-                for frame, picked in _split(group, todo):
-                    rows = await anyio.to_thread.run_sync(frame.rows, picked)
-                    for row in rows:
-                        invalid = self._invalid_reason(row, stored)
-                        if invalid is not None:
-                            rid = row.pos if invalid.startswith("duplicate") else row.id
-                            await out.send(_invalid_result(rid, row, invalid, spec.input.keep))
-                            continue
-                        self.in_progress[row.id] = row.pos
-                        await packer.add(row)
-                        if self.stopping():
-                            return
+                if not await self._feed(group, ids, todo, packer, out):
+                    return
+                if not ahead:
+                    group = []  # its rows go before the next group is parsed
+                    size = _next_size(size, found)
+                    following, exhausted = await _read_ahead(frames, size, exhausted)
                 group = following
             if not self.stopping():
                 await packer.flush()
+
+    async def _feed(
+        self,
+        group: list[Frame],
+        ids: pa.Array,
+        todo: dict[int, str | None],
+        packer: Packer,
+        out: ObjectSendStream[Outcome | ResultRecord],
+    ) -> bool:
+        """Pack the group's rows still to do (invalid ones go straight to the writer);
+        False once the job is stopping."""
+        keep = self.spec.input.keep
+        stored = {ids[i].as_py(): p for i, p in todo.items() if p is not None}
+        for frame, picked in _split(group, todo):
+            rows = await anyio.to_thread.run_sync(frame.rows, picked)
+            for row in rows:
+                invalid = self._invalid_reason(row, stored)
+                if invalid is not None:
+                    rid = row.pos if invalid.startswith("duplicate") else row.id
+                    await out.send(_invalid_result(rid, row, invalid, keep))
+                    continue
+                self.in_progress[row.id] = row.pos
+                await packer.add(row)
+                if self.stopping():
+                    return False
+        return True
 
     def _invalid_reason(self, row: Row, stored: dict[str, str]) -> str | None:
         if row.id in stored:  # stored from another input position
@@ -475,6 +498,12 @@ def _take_frames(frames: Iterator[Frame], rows: int) -> tuple[list[Frame], bool]
         group.append(frame)
         size += len(frame)
     return group, False
+
+
+def _next_size(size: int, found: bool) -> int:
+    """Each lookup scans the stored rows once: while whole groups are done (a resume far into
+    a big job), read ever larger groups to reach the work sooner."""
+    return LOOKUP_MIN if found else min(LOOKUP_MAX, size * 2)
 
 
 async def _read_ahead(

@@ -72,6 +72,8 @@ class Frame:
     skipping a million stored Parquet rows costs Arrow reads, not a million Python objects.
     """
 
+    holds_rows = False  # True: its rows are parsed already and sit in memory
+
     def __len__(self) -> int:
         raise NotImplementedError
 
@@ -86,6 +88,8 @@ class Frame:
 
 
 class _RowFrame(Frame):
+    holds_rows = True
+
     def __init__(self, rows: list[Row]):
         self._rows = rows
 
