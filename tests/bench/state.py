@@ -225,9 +225,10 @@ def bench_memory(sec: Section) -> None:
         "bare DuckDB process's peak RSS by 82-87 MiB (66 MiB without the UNIQUE index; measured "
         "2026-11-30); `SET memory_limit` does not release it, closing and reopening the "
         "connection every 100k rows halves it (35 MiB). The JSONL pair grows by about that much; "
-        "the Parquet pair grows ~50 MiB more, not explained yet (the input's row groups are "
-        "100k rows; pyarrow's memory pool is the suspect). The resume-skip pairs, which read "
-        "every row and store nothing, stay flat"
+        "the Parquet pair grows ~50 MiB more, not explained yet: the input's row groups are "
+        "100k rows, and with ARROW_DEFAULT_MEMORY_POOL=system instead of mimalloc the pair read "
+        "214 vs 311 MiB (1.45; 2026-12-01), so the pool adds memory but not the growth. The "
+        "resume-skip pairs, which read every row and store nothing, stay flat"
     )
 
 
