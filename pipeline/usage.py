@@ -32,8 +32,6 @@ class Usage:
 
     def split(self, n: int) -> list[Usage]:
         """Shares for n rows that sum exactly to this usage (remainders go to the first rows)."""
-        if n == 1:
-            return [self]
 
         def parts(value: int) -> list[int]:
             q, r = divmod(value, n)
