@@ -6,11 +6,14 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from pipeline.catalog import channel_of
 from pipeline.errors import FlashpipeError, JobBusy, StoreError, UsageError
 from pipeline.spec import JobSpec, load_spec
 
@@ -155,10 +158,17 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
     progress = ProgressReporter(quiet=args.quiet)
     sim: SimProcess | None = None
     api_key = None
+    scratch = tempfile.TemporaryDirectory(prefix="flashpipe-sim-")
     if args.sim:
         sim = SimProcess(["--profile", args.sim_profile]).start()
-        overrides = [f'provider.base_url="{sim.base_url(spec.provider.api)}"']
-        if spec.provider.lane in ("batch", "auto"):  # the simulator's batches take seconds
+        p = spec.provider
+        # priced as the channel of the real base URL, whatever the simulator's address
+        channel = channel_of(p.api, p.base_url, p.channel)
+        overrides = [f'provider.base_url="{sim.base_url(p.api)}"', f'provider.channel="{channel}"']
+        if p.api == "vertex":  # a throwaway service account whose token endpoint is the sim's
+            creds = sim.service_account(Path(scratch.name) / "sa.json", p.project or "sim")
+            overrides.append(f'provider.credentials_file="{creds}"')
+        if p.lane in ("batch", "auto"):  # the simulator's batches take seconds
             overrides += ["batch.poll_seconds=0.25", "batch.max_poll_seconds=1"]
         spec = load_spec(document=orjson.loads(spec.raw), overrides=overrides)
         api_key = sim.key
@@ -169,6 +179,7 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
     finally:
         if sim is not None:
             sim.stop()
+        scratch.cleanup()
     rows = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rows.items())) or "nothing new"
     print(
         f"job {summary.job!r}: {summary.state} - this run stored {rows} in {summary.elapsed_s:.1f} s,"
@@ -283,6 +294,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
         )
         if "input" in u:
             print(f"  usd: input ${u['input']}, output+thinking ${u['output']}")
+        if "prices_per_m" in j:
+            pm = j["prices_per_m"]
+            print(f"  prices: ${pm['input']}/M in, ${pm['output']}/M out ({pm['source']})")
         bo = u["by_outcome"]
         print(
             f"  by outcome: ok ${bo['ok']}, retried ${bo['retried']}, thrown away ${bo['thrown_away']}"

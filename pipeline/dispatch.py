@@ -16,7 +16,9 @@ from typing import Any
 
 import anyio
 
+from pipeline.auth import Auth
 from pipeline.budget import Budget
+from pipeline.errors import ProviderStop
 from pipeline.limits import FlowControl
 from pipeline.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices, worst_case_cost
 from pipeline.providers.base import Prompt, Provider, Reply, ReplyKind, Shape
@@ -90,7 +92,7 @@ class Dispatcher:
         task: Task,
         provider: Provider,
         transport: Transport,
-        api_key: str,
+        auth: Auth,
         flow: FlowControl,
         budget: Budget,
         prices: Prices,
@@ -106,13 +108,14 @@ class Dispatcher:
         deadline: datetime | None = None,
         flex_sheds: int = 3,
         batch_hours: float = 24.0,
+        output_cap: int = MAX_OUTPUT_CAP,
     ):
         self.job = job
         self.model = model
         self.task = task
         self.provider = provider
         self.transport = transport
-        self._headers = provider.headers(api_key)
+        self.auth = auth
         self._url = provider.url()
         self.flow = flow
         self.budget = budget
@@ -127,6 +130,7 @@ class Dispatcher:
         self.moved: dict[str, int] = {"batch": 0, "standard": 0}
         self.policy = policy
         self.max_output_tokens = max_output_tokens
+        self.output_cap = output_cap  # the model's own: a larger maxOutputTokens is a 400
         self.in_flight = in_flight
         self.stopping = stopping
         self.keep = keep
@@ -154,7 +158,7 @@ class Dispatcher:
             rows = [s.row for s in group]
             user = render_pack(self.task, rows)
             expected = sum(self.task.expected_output_tokens(r.text or "") + 6 for r in rows)
-            max_tokens = min(MAX_OUTPUT_CAP, max(max(s.max_tokens for s in group), expected * 2))
+            max_tokens = min(self.output_cap, max(max(s.max_tokens for s in group), expected * 2))
         fixed = self._shape_tokens.get(id(shape))
         if fixed is None:
             fixed = estimate_tokens(shape.system) + estimate_tokens(str(shape.schema)) + 8
@@ -312,10 +316,15 @@ class Dispatcher:
     async def _send(self, prompt: Prompt, tier: str | None = None) -> tuple[Reply, datetime, float]:
         body = self.provider.encode(prompt, tier)
         async with self.in_flight:
+            if self.auth.stale():
+                try:
+                    await self.auth.refresh()
+                except ProviderStop as exc:  # no token: the job stops, its rows stay pending
+                    raise StopDispatch("provider", str(exc)) from None
             started = now_utc()
             t0 = time.monotonic()
             try:
-                resp = await self.transport.post(self._url, self._headers, body)
+                resp = await self.transport.post(self._url, self.auth.headers, body)
             except TransportError as exc:
                 latency = time.monotonic() - t0
                 cls = ErrorClass.TRANSIENT
@@ -387,7 +396,7 @@ class Dispatcher:
             return "blocked", finals, retry, reply.error
 
         if reply.kind is ReplyKind.TRUNCATED:
-            bigger = min(MAX_OUTPUT_CAP, prompt.max_output_tokens * 2)
+            bigger = min(self.output_cap, prompt.max_output_tokens * 2)
             for state in group:
                 state.burned += 1
                 state.max_tokens = max(state.max_tokens, bigger)

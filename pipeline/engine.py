@@ -26,7 +26,9 @@ import orjson
 import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from pipeline.auth import Auth, GoogleAuth, KeyAuth
 from pipeline.budget import Budget
+from pipeline.catalog import label_value, model_limits, vertex_model_path
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
@@ -62,7 +64,6 @@ log = logging.getLogger("flashpipe")
 LOOKUP_MIN = 1_000  # rows per resume lookup (the anti-join) while work is being found
 LOOKUP_MAX = 131_072
 
-CONTEXT_TOKENS = 1_048_576
 FLUSH_ROWS = 500
 FLUSH_SECONDS = 0.25
 AUTO_CAP = 1024
@@ -80,20 +81,51 @@ class RunSummary:
     view: str
 
 
-def build_provider(spec: JobSpec) -> Provider:
+def build_provider(spec: JobSpec, run_no: int = 0) -> Provider:
     p = spec.provider
+    if p.api == "vertex":
+        assert p.project is not None  # the spec requires it on Vertex AI
+        # every request carries the job and run, so the GCP bill breaks down by job
+        labels = {"flashpipe-job": label_value(spec.name), "flashpipe-run": str(run_no)}
+        labels.update(p.labels)
+        return GeminiProvider(
+            p.base_url,
+            spec.model,
+            p.thinking,
+            p.temperature,
+            model_path=vertex_model_path(p.project, p.location, spec.model),
+            labels=labels,
+        )
     if p.api == "gemini":
         return GeminiProvider(p.base_url, spec.model, p.thinking, p.temperature)
     return OpenAIProvider(p.base_url, spec.model, p.thinking, p.temperature)
 
 
-def build_batch_api(spec: JobSpec, transport: Transport, api_key: str) -> BatchApi:
+def build_auth(spec: JobSpec, api_key: str | None) -> Auth:
+    """The API key from the environment, or Vertex AI's credentials; read before anything
+    opens, so a missing one is a one-line error with nothing sent."""
     p = spec.provider
+    if p.api == "vertex":
+        return GoogleAuth.from_environment(p.credentials_file, {"content-type": "application/json"})
+    key = api_key if api_key is not None else os.environ.get(p.api_key_env)
+    if not key:
+        raise SpecError(
+            f"provider.api_key_env: the environment variable {p.api_key_env} is not set "
+            "(export your key, or use --sim)"
+        )
+    headers = build_provider(spec).headers(key)
+    return KeyAuth(headers, key)
+
+
+def build_batch_api(spec: JobSpec, transport: Transport, auth: Auth) -> BatchApi:
+    p = spec.provider
+    if not isinstance(auth, KeyAuth):  # the spec refuses the Batch lane on Vertex AI
+        raise SpecError(f"provider.lane: {p.lane!r} needs an API key")
     if p.api == "gemini":
-        return GeminiBatchApi(transport, p.base_url, spec.model, api_key)
+        return GeminiBatchApi(transport, p.base_url, spec.model, auth.key)
     from pipeline.lanes.openai_batch import OpenAIBatchApi
 
-    return OpenAIBatchApi(transport, p.base_url, spec.model, api_key)
+    return OpenAIBatchApi(transport, p.base_url, spec.model, auth.key)
 
 
 def stored_spec(spec: JobSpec) -> str:
@@ -112,7 +144,7 @@ class JobRun:
         spec: JobSpec,
         store: StoreThread,
         transport: Transport,
-        api_key: str,
+        auth: Auth,
         run_no: int,
         spent_before: Decimal,
         progress: ProgressReporter,
@@ -145,14 +177,15 @@ class JobRun:
         self.stats = RunStats(spec.name, rpm_limit=spec.limits.rpm, lane=spec.provider.lane)
         self.lane = spec.provider.lane
         deadline = spec.provider.deadline
-        provider = build_provider(spec)
+        provider = build_provider(spec, run_no)
+        self.context_tokens = model_limits(spec.model).context
         self.dispatcher = Dispatcher(
             job=spec.name,
             model=spec.model,
             task=self.task,
             provider=provider,
             transport=transport,
-            api_key=api_key,
+            auth=auth,
             flow=self.flow,
             budget=self.budget,
             prices=self.prices,
@@ -166,6 +199,7 @@ class JobRun:
             deadline=parse_deadline(deadline, now_utc()) if deadline else None,
             flex_sheds=spec.batch.flex_sheds,
             batch_hours=spec.batch.batch_hours,
+            output_cap=model_limits(spec.model).max_output,
         )
         self.batches: BatchRunner | None = None
         if self.lane in ("batch", "auto"):
@@ -173,7 +207,7 @@ class JobRun:
             self.batches = BatchRunner(
                 job=spec.name,
                 run_no=run_no,
-                api=build_batch_api(spec, transport, api_key),
+                api=build_batch_api(spec, transport, auth),
                 provider=provider,
                 dispatcher=self.dispatcher,
                 store=store,
@@ -282,8 +316,11 @@ class JobRun:
             if missing is not None:
                 return missing
         tokens = estimate_tokens(row.text or "")
-        if tokens > CONTEXT_TOKENS:
-            return f"{row.pos}: text is about {tokens:,} tokens, over the model's {CONTEXT_TOKENS:,}-token context"
+        if tokens > self.context_tokens:
+            return (
+                f"{row.pos}: text is about {tokens:,} tokens, over {self.spec.model}'s "
+                f"{self.context_tokens:,}-token context (not sent)"
+            )
         return None
 
     # -- workers -----------------------------------------------------------------------------
@@ -582,12 +619,7 @@ async def run_job(
     """Run (or resume) a job to the end. Raises the FlashpipeError of a stop."""
     task = build_task(spec)  # validates the task config before anything opens
     resolve_prices(spec)  # an unknown model without [pricing] stops here, nothing sent
-    key = api_key if api_key is not None else os.environ.get(spec.provider.api_key_env)
-    if not key:
-        raise SpecError(
-            f"provider.api_key_env: the environment variable {spec.provider.api_key_env} is not set "
-            "(export your key, or use --sim)"
-        )
+    auth = build_auth(spec, api_key)
     rows_total, exact = count_rows_fast(spec.input)
     store = Store(db_path, for_run=True)
     thread = StoreThread(store)
@@ -621,7 +653,7 @@ async def run_job(
         before = await thread.run(store.call_totals, spec.name)
         done_before = sum((await thread.run(store.status_counts, spec.name)).values())
         run = JobRun(
-            spec, thread, transport, key, run_no, before["usd"], progress, db_path, journal
+            spec, thread, transport, auth, run_no, before["usd"], progress, db_path, journal
         )
         run.stats.rows_total = rows_total
         run.stats.rows_total_exact = exact

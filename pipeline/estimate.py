@@ -54,7 +54,9 @@ def estimate(spec: JobSpec) -> dict[str, Any]:
         output=round(output * total_rows),
         thinking=round(thinking * total_rows),
     )
-    by_lane = {lane: cost_usd(usage, lane_prices(prices, lane)) for lane in LANE_FACTOR}
+    # Vertex AI's batch jobs go through Cloud Storage, which flashpipe does not drive
+    lanes = [n for n in LANE_FACTOR if not (n == "batch" and spec.provider.api == "vertex")]
+    by_lane = {name: cost_usd(usage, lane_prices(prices, name)) for name in lanes}
     lane = (
         spec.provider.lane if spec.provider.lane in LANE_FACTOR else "flex"
     )  # auto starts on Flex
@@ -95,6 +97,7 @@ def format_estimate(r: dict[str, Any]) -> str:
         return f"{r['job']}: no readable rows to sample"
     rows = f"{r['rows']:,}" if r["rows_exact"] else f"~{r['rows']:,}"
     t = r["tokens"]
+    p = r["prices_per_m"]
     wall = (
         f"{r['minutes_at_limits']:,} min at the configured limits"
         if r["minutes_at_limits"] is not None
@@ -106,5 +109,6 @@ def format_estimate(r: dict[str, Any]) -> str:
         f" (sampled {r['sampled']} rows)\n"
         f"  cost: ${r['usd']} in the {r['lane']} lane (range ${r['usd_low']} - ${r['usd_high']})\n"
         f"  by lane: " + ", ".join(f"{k} ${v}" for k, v in r["usd_by_lane"].items()) + "\n"
+        f"  prices: ${p['input']}/M in, ${p['output']}/M out ({p['source']})\n"
         f"  time: {wall}"
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from pipeline.catalog import GATEWAY_ALIASES, Channel, canonical_model, channel_of
 from pipeline.errors import SpecError
 from pipeline.spec import JobSpec
 from pipeline.usage import Usage
@@ -22,37 +23,50 @@ class Prices:
     source: str = "built-in"
 
 
-def _p(i: str, o: str, c: str, source: str = "built-in list price") -> Prices:
+def _p(i: str, o: str, c: str, source: str) -> Prices:
     return Prices(Decimal(i), Decimal(o), Decimal(c), source)
 
 
-# (model, endpoint kind) -> prices. Kinds: "gemini" (Google direct, incl. its OpenAI-compatible
-# endpoint), "openai" (api.openai.com), "gateway" (any other OpenAI-compatible base URL).
-# List prices as published when written; a job's [pricing] table overrides them.
-PRICE_TABLE: dict[tuple[str, str], Prices] = {
-    ("gemini-3.1-flash-lite-preview", "gemini"): _p("0.25", "1.50", "0.025"),
-    ("gemini-3.1-flash-lite-preview", "gateway"): _p("0.20", "1.20", "0.02", "gateway list price"),
-    ("gemini-2.5-flash-lite", "gemini"): _p("0.10", "0.40", "0.01"),
-    ("gemini-2.5-flash", "gemini"): _p("0.30", "2.50", "0.03"),
-    ("gemini-3-flash-preview", "gemini"): _p("0.50", "3.00", "0.05"),
-    ("gpt-5.3-chat-latest", "openai"): _p("1.75", "14.00", "0.175"),
-    ("gpt-5-mini", "openai"): _p("0.25", "2.00", "0.025"),
+_GOOGLE = "Gemini API list price"
+_VERTEX = "Vertex AI list price (the Gemini API's)"
+_COMET = "CometAPI model page (cached input assumed 10 %, as Google's)"
+_OPENAI = "OpenAI list price"
+# (model, channel) -> prices, as published when written; a job's [pricing] table overrides them.
+# Cached input is a tenth of the input price on both providers.
+PRICE_TABLE: dict[tuple[str, Channel], Prices] = {
+    ("gemini-3.1-flash-lite-preview", Channel.GEMINI_API): _p("0.25", "1.50", "0.025", _GOOGLE),
+    ("gemini-3.1-flash-lite-preview", Channel.VERTEX): _p("0.25", "1.50", "0.025", _VERTEX),
+    ("gemini-3.1-flash-lite-preview", Channel.COMETAPI): _p("0.20", "1.20", "0.02", _COMET),
+    ("gemini-3.1-flash-lite-preview-thinking", Channel.COMETAPI): _p(
+        "0.20", "1.20", "0.02", _COMET
+    ),
+    ("gemini-3.1-flash-lite-thinking", Channel.COMETAPI): _p("0.20", "1.20", "0.02", _COMET),
+    ("gemini-2.5-flash-lite", Channel.GEMINI_API): _p("0.10", "0.40", "0.01", _GOOGLE),
+    ("gemini-2.5-flash", Channel.GEMINI_API): _p("0.30", "2.50", "0.03", _GOOGLE),
+    ("gemini-3-flash-preview", Channel.GEMINI_API): _p("0.50", "3.00", "0.05", _GOOGLE),
+    ("gpt-5.3-chat-latest", Channel.OPENAI): _p("1.75", "14.00", "0.175", _OPENAI),
+    ("gpt-5-mini", Channel.OPENAI): _p("0.25", "2.00", "0.025", _OPENAI),
 }
 
 
-def endpoint_kind(api: str, base_url: str) -> str:
-    if api == "gemini" or "generativelanguage.googleapis.com" in base_url:
-        return "gemini"
-    if base_url.rstrip("/").endswith("/v1beta/openai"):
-        return "gemini"
-    if "api.openai.com" in base_url:
-        return "openai"
-    return "gateway"
+def prices_for(model: str, channel: Channel) -> Prices | None:
+    """The table's price of a model bought through a channel.
 
-
-def canonical_model(model: str) -> str:
-    """`google/gemini-3.1-flash-lite-preview`, `models/x`, `openai/gpt-5.3-chat-latest` -> bare id."""
-    return model.rsplit("/", 1)[-1].strip().lower()
+    A channel without its own entry (an unknown gateway, Vertex for an older model) falls back
+    to the model's list price, and the source says so; a gateway-only model id has no price
+    anywhere else.
+    """
+    name = canonical_model(model)
+    found = PRICE_TABLE.get((name, channel))
+    if found is not None:
+        return found
+    if name in GATEWAY_ALIASES:
+        return None
+    for home in (Channel.GEMINI_API, Channel.OPENAI):
+        listed = PRICE_TABLE.get((name, home))
+        if listed is not None:
+            return replace(listed, source=f"{listed.source}; no {channel} price in the table")
+    return None
 
 
 def resolve_prices(spec: JobSpec) -> Prices:
@@ -61,16 +75,15 @@ def resolve_prices(spec: JobSpec) -> Prices:
         o = spec.pricing
         cached = o.cached_per_m if o.cached_per_m is not None else o.input_per_m
         return Prices(o.input_per_m, o.output_per_m, cached, "job [pricing]")
-    model = canonical_model(spec.model)
-    kind = endpoint_kind(spec.provider.api, spec.provider.base_url)
-    for k in (kind, "gemini", "openai", "gateway"):
-        found = PRICE_TABLE.get((model, k))
-        if found is not None:
-            return found
-    known = ", ".join(sorted({m for m, _ in PRICE_TABLE}))
+    p = spec.provider
+    channel = channel_of(p.api, p.base_url, p.channel)
+    found = prices_for(spec.model, channel)
+    if found is not None:
+        return found
+    known = ", ".join(sorted({f"{m} ({c})" for m, c in PRICE_TABLE}))
     raise SpecError(
-        f"model: {spec.model!r} has no built-in price; add a [pricing] table "
-        f"(input_per_m, output_per_m) or use one of: {known}"
+        f"model: {spec.model!r} has no built-in price on the {channel} channel; add a [pricing] "
+        f"table (input_per_m, output_per_m) or use one of: {known}"
     )
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 
 from pipeline.errors import FlashpipeError
@@ -50,7 +51,13 @@ class SimProcess:
         )
 
     def base_url(self, api: str) -> str:
-        return self.url if api == "gemini" else f"{self.url}/v1"
+        return f"{self.url}/v1" if api == "openai" else self.url
+
+    def service_account(self, path: Path, project: str = "sim-project") -> Path:
+        """A service-account key file whose `token_uri` is this simulator's token endpoint:
+        google-auth signs a JWT with the fresh key and trades it for short-lived tokens, as it
+        does against Google's endpoint."""
+        return write_service_account(path, f"{self.url}/token", project)
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -78,3 +85,29 @@ class SimProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def write_service_account(path: Path, token_uri: str, project: str) -> Path:
+    """Write a service-account JSON with a freshly generated RSA key (mode 0600)."""
+    import orjson
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    doc = {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": os.urandom(20).hex(),
+        "private_key": pem,
+        "client_email": f"flashpipe@{project}.iam.gserviceaccount.com",
+        "client_id": "100000000000000000000",
+        "token_uri": token_uri,
+    }
+    path.write_bytes(orjson.dumps(doc))
+    path.chmod(0o600)
+    return path

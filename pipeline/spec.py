@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
+from pipeline.catalog import Channel, model_limits, vertex_base_url
 from pipeline.errors import SpecError
 
 TASKS = ("classify", "translate", "moderate", "custom")
-APIS = ("gemini", "openai")
+APIS = ("gemini", "openai", "vertex")
 THINKING = ("minimal", "low", "medium", "high")
 LANES = ("standard", "flex", "batch", "auto")
 DEFAULT_CATEGORIES = ("hate", "harassment", "sexual", "violence", "self_harm", "spam")
@@ -27,7 +28,7 @@ DEFAULT_BASE_URL = {
     "gemini": "https://generativelanguage.googleapis.com",
     "openai": "https://api.openai.com/v1",
 }
-DEFAULT_KEY_ENV = {"gemini": "GEMINI_API_KEY", "openai": "OPENAI_API_KEY"}
+DEFAULT_KEY_ENV = {"gemini": "GEMINI_API_KEY", "openai": "OPENAI_API_KEY", "vertex": ""}
 TOP_KEYS = {
     "name",
     "task",
@@ -75,6 +76,12 @@ class ProviderSpec:
     timeout: Timeouts = field(default_factory=Timeouts)
     lane: str = "standard"  # standard | flex | batch | auto
     deadline: str | None = None  # "2026-12-01T08:00Z" or "6h" (from the start of the run)
+    channel: str | None = None  # a Channel value; None = read from the host of base_url
+    # Vertex AI (api = "vertex"): OAuth2 from Application Default Credentials
+    project: str | None = None
+    location: str = "global"
+    credentials_file: str | None = None  # a service-account or ADC JSON; default: ADC lookup
+    labels: tuple[tuple[str, str], ...] = ()  # sent on every Vertex request, with job and run
 
 
 @dataclass(frozen=True)
@@ -331,10 +338,16 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
             "timeout",
             "lane",
             "deadline",
+            "channel",
+            "project",
+            "location",
+            "credentials_file",
+            "labels",
         },
     )
     lane = _choice(prov, "lane", "provider.lane", "standard", LANES)
     api = _choice(prov, "api", "provider.api", "gemini", APIS)
+    vertex = _vertex(prov, api, lane)
     timeout = prov.get("timeout", {})
     if not isinstance(timeout, dict):
         raise _fail("provider.timeout", timeout, "a table {connect, read, total}")
@@ -350,19 +363,37 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         if not isinstance(deadline, str):
             deadline = str(deadline)
         parse_deadline(deadline, datetime.now(UTC), "provider.deadline")
-    base_url = _str(prov, "base_url", "provider.base_url", DEFAULT_BASE_URL[api]).rstrip("/")
+    default_base = vertex_base_url(vertex["location"]) if api == "vertex" else DEFAULT_BASE_URL[api]
+    base_url = _str(prov, "base_url", "provider.base_url", default_base).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise _fail("provider.base_url", base_url, "an http:// or https:// URL")
+    channel = prov.get("channel", "auto")
+    if channel != "auto" and channel not in set(Channel):
+        raise _fail("provider.channel", channel, '"auto" or one of ' + ", ".join(Channel))
+    max_output = _int(prov, "max_output_tokens", "provider.max_output_tokens", 512, 1)
+    cap = model_limits(model)
+    if max_output > cap.max_output:
+        raise _fail(
+            "provider.max_output_tokens",
+            max_output,
+            f"at most {cap.max_output:,}, the output cap of {model} ({cap.source})",
+        )
+    # Vertex AI takes no key: its bearer tokens come from Application Default Credentials
+    key_env = DEFAULT_KEY_ENV[api]
+    if api != "vertex":
+        key_env = _str(prov, "api_key_env", "provider.api_key_env", key_env)
     provider = ProviderSpec(
         api=api,
         base_url=base_url,
-        api_key_env=_str(prov, "api_key_env", "provider.api_key_env", DEFAULT_KEY_ENV[api]),
+        api_key_env=key_env,
         thinking=_choice(prov, "thinking", "provider.thinking", "minimal", THINKING),
         temperature=_num(prov, "temperature", "provider.temperature", 0.0),
-        max_output_tokens=_int(prov, "max_output_tokens", "provider.max_output_tokens", 512, 1),
+        max_output_tokens=max_output,
         timeout=timeouts,
         lane=lane,
         deadline=deadline,
+        channel=None if channel == "auto" else str(channel),
+        **vertex,
     )
 
     lim = _table(
@@ -460,6 +491,45 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )
+
+
+def _vertex(prov: Mapping[str, Any], api: str, lane: str) -> dict[str, Any]:
+    """The Vertex AI keys of [provider]: project and location, credentials, labels."""
+    if api != "vertex":
+        for k in ("project", "credentials_file", "labels"):
+            if k in prov:
+                raise _fail(f"provider.{k}", prov[k], 'nothing here unless api = "vertex"')
+        return {}
+    if lane in ("batch", "auto"):
+        raise _fail(
+            "provider.lane",
+            lane,
+            '"standard" or "flex" on Vertex AI (its batch jobs read and write Cloud Storage or '
+            'BigQuery); for half price use lane = "flex", or api = "gemini" for Batch Mode',
+        )
+    if "project" not in prov:
+        raise SpecError(
+            "provider.project: missing; Vertex AI needs the Google Cloud project id "
+            '(api = "vertex", project = "my-project", location = "global")'
+        )
+    project = _str(prov, "project", "provider.project")
+    location = _str(prov, "location", "provider.location", "global")
+    if not all(c.isalnum() or c == "-" for c in project + location):
+        raise _fail("provider.project", project, "a project id and a location like us-central1")
+    labels = prov.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise _fail("provider.labels", labels, "a table of string labels")
+    creds = prov.get("credentials_file")
+    if creds is not None and (not isinstance(creds, str) or not creds):
+        raise _fail("provider.credentials_file", creds, "the path of a credentials JSON file")
+    return {
+        "project": project,
+        "location": location,
+        "credentials_file": creds,
+        "labels": tuple(sorted(labels.items())),
+    }
 
 
 def _classify(doc: Mapping[str, Any]) -> ClassifySpec:

@@ -3,10 +3,11 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.pricing import PRICE_TABLE, canonical_model, cost_usd, endpoint_kind
+from pipeline.catalog import Channel, canonical_model, channel_of
+from pipeline.pricing import PRICE_TABLE, cost_usd
 from pipeline.usage import Usage
 
-FLASH_LITE = PRICE_TABLE[("gemini-3.1-flash-lite-preview", "gemini")]
+FLASH_LITE = PRICE_TABLE[("gemini-3.1-flash-lite-preview", Channel.GEMINI_API)]
 tokens = st.integers(min_value=0, max_value=10**9)
 usages = st.builds(Usage, tokens, tokens, tokens, tokens)
 
@@ -41,9 +42,9 @@ def test_gateway_prefix_resolves_to_the_model() -> None:
     assert (
         canonical_model("google/gemini-3.1-flash-lite-preview") == "gemini-3.1-flash-lite-preview"
     )
-    assert endpoint_kind("openai", "https://api.cometapi.com/v1") == "gateway"
+    assert channel_of("openai", "https://api.cometapi.com/v1") is Channel.COMETAPI
     assert (
-        endpoint_kind("openai", "https://generativelanguage.googleapis.com/v1beta/openai")
-        == "gemini"
+        channel_of("openai", "https://generativelanguage.googleapis.com/v1beta/openai")
+        is Channel.GEMINI_API
     )
-    assert endpoint_kind("openai", "https://api.openai.com/v1") == "openai"
+    assert channel_of("openai", "https://api.openai.com/v1") is Channel.OPENAI

@@ -33,9 +33,21 @@ THINKING_BUDGET = {"minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
 class GeminiProvider:
     api = "gemini"
 
-    def __init__(self, base_url: str, model: str, thinking: str, temperature: float):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        thinking: str,
+        temperature: float,
+        *,
+        model_path: str | None = None,
+        labels: dict[str, str] | None = None,
+    ):
+        """`model_path` replaces `/v1beta/models/{model}` (Vertex AI's project/location path);
+        `labels` go on every request (Vertex AI bills them to the user's labels)."""
         model_id = model.removeprefix("models/")
-        self._url = f"{base_url}/v1beta/models/{model_id}:generateContent"
+        self._url = f"{base_url}{model_path or f'/v1beta/models/{model_id}'}:generateContent"
+        self._labels = labels
         self._thinking: dict[str, Any]
         if model_id.startswith("gemini-2"):
             self._thinking = {"thinkingBudget": THINKING_BUDGET[thinking]}
@@ -65,8 +77,10 @@ class GeminiProvider:
                 "systemInstruction": {"parts": [{"text": shape.system}]},
                 "generationConfig": config,
             }
-            if tier is not None:  # the documented REST field of the Flex tier
-                doc["service_tier"] = tier.upper()
+            if self._labels:
+                doc["labels"] = self._labels
+            if tier is not None:  # as google-genai sends it (the REST docs show "FLEX")
+                doc["serviceTier"] = tier
             # the shared prefix is encoded once per job; only the user text is encoded per row
             head = orjson.dumps(doc)[:-1] + b',"contents":[{"role":"user","parts":[{"text":'
             self._prefix[key] = head

@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None) -> Config:
         metavar="ok|expire|fail|invalid=SHARE",
         help="the fate of the next created batch (repeat: one per batch, in order)",
     )
+    p.add_argument(
+        "--token-seconds",
+        type=float,
+        default=3600.0,
+        help="life of a Vertex AI access token issued by /token",
+    )
     a = p.parse_args(argv)
     try:
         faults = dict(parse_rate(f) for f in a.fault)
@@ -72,6 +78,7 @@ def parse_args(argv: list[str] | None) -> Config:
         batch_seconds=a.batch_seconds,
         batch_faults=list(a.batch_fault),
         batch_create_delay=a.batch_create_delay,
+        token_seconds=a.token_seconds,
     )
 
 

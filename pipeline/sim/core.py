@@ -85,6 +85,9 @@ class Req:
     sse: bool = False
     include_usage: bool = False
     tier: str | None = None  # "flex" for the Flex tier
+    vertex: bool = False  # came in on a Vertex AI path, with a bearer token
+    token: str | None = None  # a fingerprint of that token (never the token)
+    labels: dict[str, str] | None = None
 
 
 @dataclass(slots=True)

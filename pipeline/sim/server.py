@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pipeline.sim import chat, core, envelopes, gemini, model
+from pipeline.sim import chat, core, envelopes, gemini, model, vertex
 from pipeline.sim.batch import Batches
 from pipeline.sim.core import BadRequest, Req, Result
 from pipeline.sim.faults import PROFILES, Picker
@@ -52,6 +52,7 @@ class Config:
     batch_seconds: float = 2.0  # a batch finishes this long after it was created
     batch_faults: list[str] = field(default_factory=list)  # one per created batch, in order
     batch_create_delay: float = 0.0  # the first batch create answers this late (it is created)
+    token_seconds: float = 3600.0  # life of a Vertex AI access token from /token
 
 
 class Sim:
@@ -72,6 +73,7 @@ class Sim:
         self.counter = itertools.count(1)
         self.flex_rng = random.Random(cfg.seed + 2)
         self.batches = Batches(self)
+        self.tokens = vertex.Tokens(cfg.token_seconds)
         salt = f"{cfg.seed}:{time.time_ns()}:{os.getpid()}".encode()
         digest = hashlib.blake2b(salt, digest_size=9).digest()
         self.id_prefix = base64.urlsafe_b64encode(digest).decode()
@@ -88,6 +90,10 @@ class Sim:
             r.add_get(f"/{v}/models", self.list_models)
             r.add_get(f"/{v}/models/{{name}}", self.get_model)
         self.batches.routes(app)
+        r.add_post("/token", self.token)
+        for v in ("v1beta1", "v1"):
+            path = f"/{v}/projects/{{project}}/locations/{{location}}/publishers/google/models"
+            r.add_post(f"{path}/{{call}}", self.vertex)
         return app
 
     def response_id(self) -> str:
@@ -130,6 +136,11 @@ class Sim:
                 "http": lane != "batch",
                 "response_id": rid,
                 "text_hash": hashlib.blake2b(req.user.encode(), digest_size=8).hexdigest(),
+                **(
+                    {"channel": "vertex", "token": req.token, "labels": req.labels}
+                    if req.vertex
+                    else {}
+                ),
             }
         )
 
@@ -187,6 +198,47 @@ class Sim:
             total, _ = core.prompt_tokens(req)
             detail = [{"modality": "TEXT", "tokenCount": total}]
             return self.error(api, 200, {"totalTokens": total, "promptTokensDetails": detail})
+        return await self.complete(request, req, version, method)
+
+    # --- Vertex AI -----------------------------------------------------------------------------
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        audience = str(request.url.with_query(None))
+        status, body = self.tokens.grant(form, audience)
+        return web.json_response(body, status=status)
+
+    async def vertex(self, request: web.Request) -> web.StreamResponse:
+        """generateContent on Vertex's project/location path: a bearer token instead of a key,
+        `labels` checked; the rest is the Gemini API's."""
+        version = request.path.split("/", 2)[1]
+        model_id, _, method = request.match_info["call"].partition(":")
+        api = "gemini"
+        if method not in ("generateContent", "streamGenerateContent", "countTokens"):
+            return self.error(api, 404, envelopes.google(404, "NOT_FOUND", "Method not found."))
+        token = self.tokens.check(request.headers.get("authorization", ""))
+        if token is None:
+            return self.error(api, 401, vertex.unauthenticated())
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as e:
+            return self.error(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
+        if not core.known_model(model_id):
+            return self.error(api, 404, envelopes.not_found(model_id, version, method))
+        req = Req(api, request.path, model_id, self.cfg.key, vertex=True, token=token)
+        req.stream = method == "streamGenerateContent"
+        req.sse = req.stream and request.query.get("alt") == "sse"
+        bad_labels = vertex.labels_error(body.get("labels") if isinstance(body, dict) else None)
+        if bad_labels is not None:
+            return self.error(api, 400, envelopes.invalid_argument(bad_labels))
+        try:
+            gemini.parse(body, req)
+        except BadRequest as e:
+            return self.bad_request(api, e)
+        req.labels = body.get("labels")
+        if method == "countTokens":
+            total, _ = core.prompt_tokens(req)
+            return self.error(api, 200, {"totalTokens": total})
         return await self.complete(request, req, version, method)
 
     async def list_models(self, request: web.Request) -> web.Response:
@@ -259,6 +311,8 @@ class Sim:
             )
             headers = {"retry-after": str(round(wait)), "retry-after-ms": str(round(wait * 1000))}
             return self.error(req.api, 429, body, headers)
+        if req.vertex:
+            return self.error(req.api, 429, vertex.exhausted())
         body = envelopes.quota(req.model, per=verdict.per, limit=verdict.limit, retry_s=wait)
         return self.error(req.api, 429, body)
 
@@ -279,6 +333,8 @@ class Sim:
         error = gemini.fault_error(fault, req.model, version, method, rpm, rpd)
         assert error is not None
         self.log(req, error[0], fault)
+        if req.vertex and error[0] == 429:
+            return self.error(req.api, 429, vertex.exhausted())
         return self.error(req.api, error[0], error[1])
 
     async def _shed(self, req: Req) -> web.Response:
