@@ -308,3 +308,41 @@ def test_run_sim_runs_a_vertex_job_through_a_throwaway_service_account(tmp_path:
     assert run.returncode == 0, run.stderr
     assert "ya29." not in run.stdout + run.stderr
     assert sql(db, "SELECT count(*) FROM results WHERE status = 'ok'")[0][0] == 300
+
+
+def test_vertex_429s_without_a_retry_delay_are_waited_out_not_failed(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory()
+    rows = ticket_rows(6)
+    rows[2]["text"] += " [[sim:429*2]]"  # Vertex's RESOURCE_EXHAUSTED twice, then an answer
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    db = tmp_path / "s.duckdb"
+    summary = run_sync(vertex_spec(sim, src, tmp_path), db)  # type: ignore[arg-type]
+    sim.stop()
+    assert summary.rows == {"ok": 6}
+    ((attempts,),) = sql(db, "SELECT attempts FROM results WHERE row_id = 'T-00002'")
+    outcomes = sql(db, "SELECT outcome, http_status FROM calls ORDER BY started_at")
+    assert outcomes.count(("rate_limited", 429)) == 2 and attempts == 3  # 3 calls, 1 answer
+
+
+def test_a_gateway_job_costs_what_the_ledger_says_at_the_gateways_price(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory()
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(100))
+    spec = make_spec(
+        sim,
+        src,
+        overrides=['model="gemini-3.1-flash-lite-preview-thinking"', 'provider.channel="cometapi"'],
+    )
+    db = tmp_path / "s.duckdb"
+    assert run_sync(spec, db).rows == {"ok": 100}
+    sim.stop()
+    usage = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    billed = (
+        Decimal(usage["input"]) * Decimal("0.20")
+        + Decimal(usage["cached"]) * Decimal("0.02")
+        + Decimal(usage["output"] + usage["thinking"]) * Decimal("1.20")
+    ) / 1_000_000
+    assert Decimal(sql(db, "SELECT sum(cost_usd) FROM calls")[0][0]) == billed
