@@ -165,17 +165,34 @@ class Sim:
     # --- Gemini ------------------------------------------------------------------------------
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        denied = None
+        if not key:
+            denied = self.error("gemini", 403, envelopes.unregistered())
+        elif key != self.cfg.key:
+            denied = self.error("gemini", 400, envelopes.api_key_invalid())
+        return await self._generate(request, key or "", None, denied)
+
+    async def vertex(self, request: web.Request) -> web.StreamResponse:
+        """Vertex's project/location path: a bearer token instead of a key, `labels` checked,
+        no batchGenerateContent; the rest is the Gemini API's."""
+        token = self.tokens.check(request.headers.get("authorization", ""))
+        denied = None if token else self.error("gemini", 401, vertex.unauthenticated())
+        return await self._generate(request, self.cfg.key, token, denied)
+
+    async def _generate(
+        self, request: web.Request, key: str, token: str | None, denied: web.Response | None
+    ) -> web.StreamResponse:
         version = request.path.split("/", 2)[1]
         model_id, _, method = request.match_info["call"].partition(":")
         api = "gemini"
-        known = ("generateContent", "streamGenerateContent", "countTokens", "batchGenerateContent")
+        known = ["generateContent", "streamGenerateContent", "countTokens"]
+        if token is None:
+            known.append("batchGenerateContent")
         if method not in known:
             return self.error(api, 404, envelopes.google(404, "NOT_FOUND", "Method not found."))
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if not key:
-            return self.error(api, 403, envelopes.unregistered())
-        if key != self.cfg.key:
-            return self.error(api, 400, envelopes.api_key_invalid())
+        if denied is not None:
+            return denied
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as e:
@@ -184,12 +201,17 @@ class Sim:
             return self.error(api, 404, envelopes.not_found(model_id, version, method))
         if method == "batchGenerateContent":
             return await self.batches.create_gemini(request, model_id, body)
-        req = Req(api, request.path, model_id, key)
+        req = Req(api, request.path, model_id, key, vertex=token is not None, token=token)
         req.stream = method == "streamGenerateContent"
         req.sse = req.stream and request.query.get("alt") == "sse"
         if method == "countTokens" and isinstance(body, dict):
             inner = body.get("generateContentRequest", body.get("generate_content_request"))
             body = inner if isinstance(inner, dict) else body
+        if req.vertex and isinstance(body, dict):
+            bad_labels = vertex.labels_error(body.get("labels"))
+            if bad_labels is not None:
+                return self.error(api, 400, envelopes.invalid_argument(bad_labels))
+            req.labels = body.get("labels")
         try:
             gemini.parse(body, req)
         except BadRequest as e:
@@ -207,39 +229,6 @@ class Sim:
         audience = str(request.url.with_query(None))
         status, body = self.tokens.grant(form, audience)
         return web.json_response(body, status=status)
-
-    async def vertex(self, request: web.Request) -> web.StreamResponse:
-        """generateContent on Vertex's project/location path: a bearer token instead of a key,
-        `labels` checked; the rest is the Gemini API's."""
-        version = request.path.split("/", 2)[1]
-        model_id, _, method = request.match_info["call"].partition(":")
-        api = "gemini"
-        if method not in ("generateContent", "streamGenerateContent", "countTokens"):
-            return self.error(api, 404, envelopes.google(404, "NOT_FOUND", "Method not found."))
-        token = self.tokens.check(request.headers.get("authorization", ""))
-        if token is None:
-            return self.error(api, 401, vertex.unauthenticated())
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as e:
-            return self.error(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
-        if not core.known_model(model_id):
-            return self.error(api, 404, envelopes.not_found(model_id, version, method))
-        req = Req(api, request.path, model_id, self.cfg.key, vertex=True, token=token)
-        req.stream = method == "streamGenerateContent"
-        req.sse = req.stream and request.query.get("alt") == "sse"
-        bad_labels = vertex.labels_error(body.get("labels") if isinstance(body, dict) else None)
-        if bad_labels is not None:
-            return self.error(api, 400, envelopes.invalid_argument(bad_labels))
-        try:
-            gemini.parse(body, req)
-        except BadRequest as e:
-            return self.bad_request(api, e)
-        req.labels = body.get("labels")
-        if method == "countTokens":
-            total, _ = core.prompt_tokens(req)
-            return self.error(api, 200, {"totalTokens": total})
-        return await self.complete(request, req, version, method)
 
     async def list_models(self, request: web.Request) -> web.Response:
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
