@@ -23,7 +23,7 @@ th{background:#eef0f4;font-weight:600}td.num{text-align:right;font-variant-numer
 .progress{position:relative;background:#e3e6eb;border-radius:3px;height:18px;min-width:160px}
 .progress .fill{background:#3b82f6;height:100%;border-radius:3px}
 .progress span{position:absolute;left:6px;top:0;font-size:12px;line-height:18px}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px 24px}
+.scroll{overflow-x:auto}.grid{margin-top:16px;display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px 24px}
 .card{background:#fff;border:1px solid #e3e6eb;border-radius:4px;padding:8px 12px}
 svg.chart{display:block;overflow:visible}svg.chart text{font-size:11px;fill:#394150}
 rect.mark{fill:#3b82f6}rect.warn{fill:#dc2626}line.axis{stroke:#9aa3b2}
@@ -210,7 +210,6 @@ def job_page(d: JobDetail, db_path: str, *, links: bool = True) -> str:
         nav = tag(
             "p",
             tag("a", "Rows", href=rows_href),
-            " · ",
             tag("a", "Errors", href=job_href(s.name, "/errors")),
             class_="pager",
         )
@@ -351,7 +350,9 @@ def rows_page(job: str, page: RowsPage, f: RowFilter) -> str:
     content = join(
         tag("h1", tag("a", job, href=job_href(job)), " · rows"),
         form,
-        tag("table", head, body, id="rows") if body else tag("p", "no rows match", class_="empty"),
+        tag("div", tag("table", head, body, id="rows"), class_="scroll")
+        if body
+        else tag("p", "no rows match", class_="empty"),
         pager,
     )
     return layout(f"flashpipe · {job} · rows", content)
@@ -419,7 +420,9 @@ def row_page(job: str, d: RowDetail) -> str:
         tag("h2", "Error"),
         tag("pre", r["error"], id="error") if r["error"] else tag("p", "none", class_="empty"),
         tag("h2", f"HTTP calls ({len(d.calls)})"),
-        calls if d.calls else tag("p", "no calls recorded for this row", class_="empty"),
+        tag("div", calls, class_="scroll")
+        if d.calls
+        else tag("p", "no calls recorded for this row", class_="empty"),
     )
     return layout(f"flashpipe · {job} · {r['row_id']}", body)
 
