@@ -273,7 +273,15 @@ def _token_costs(cost: dict[str, Any]) -> list[Count]:
             kinds[kind] += lt["tokens"][kind] * float(per_m) / 1e6
     if not priced:
         return [Count(k, float(v), f"{v:,} tokens") for k, v in tokens.items()]
-    return [Count(k, v, f"${v:.6f} ({tokens[k]:,} tok)") for k, v in kinds.items()]
+    return [Count(k, v, f"${v:.6f} · {compact(tokens[k])} tok") for k, v in kinds.items()]
+
+
+def compact(n: int) -> str:
+    """12,345,678 -> 12.3M: short enough to sit beside a bar."""
+    for size, unit in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
