@@ -28,7 +28,7 @@ def bars(items: Sequence[Bar], *, title: str, width: int = 560, max_value: float
     """One horizontal bar per item, longest = max_value (or the largest value)."""
     if not items:
         return tag("p", "nothing to show yet", class_="empty")
-    row_h, label_w, text_w = 22, 170, 110
+    row_h, label_w, text_w = 22, 150, 160
     top = max([max_value] + [b.value for b in items]) or 1.0
     span = width - label_w - text_w
     marks = []
