@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint bench sim clean
+.PHONY: help install demo test lint bench sim ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench: $(STAMP) ## run the benchmarks, write tests/bench/results.md
 
 sim: $(STAMP) ## serve the hostile simulator on :8765 until Ctrl-C
 	$(VENV)/bin/flashpipe sim --port 8765 --profile hostile --rpm 600
+
+ui: $(STAMP) ## serve the results page of the demo store on http://127.0.0.1:8642/
+	$(VENV)/bin/flashpipe ui --db demo.duckdb --port 8642
 
 clean: ## remove the venv, caches and demo stores
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.duckdb* *.duckdb *.duckdb.wal

@@ -92,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--status", action="append", choices=["failed", "blocked", "invalid"])
     db(retry)
 
+    ui = sub.add_parser("ui", help="a local web page of the store's jobs, rows and costs")
+    ui.add_argument("--port", type=int, default=8642, help="port on 127.0.0.1 (0: any free)")
+    db(ui)
+
+    report = sub.add_parser("report", help="write a job's page as one self-contained HTML file")
+    report.add_argument("name")
+    report.add_argument("-o", "--output", required=True)
+    db(report)
+
     sim = sub.add_parser("sim", help="serve the provider simulator", add_help=False)
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
     return p
@@ -115,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "query": cmd_query,
         "results": cmd_results,
         "retry": cmd_retry,
+        "ui": cmd_ui,
+        "report": cmd_report,
     }
     try:
         return commands[args.command](args)
@@ -398,6 +409,38 @@ def cmd_retry(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"re-queued {n:,} rows of {args.name!r}; `flashpipe resume {args.name}` sends them")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from pipeline.store import resolve_path
+    from pipeline.ui.app import serve
+
+    db_path = resolve_path(args.db)
+
+    def ready(address: str) -> None:
+        print(f"flashpipe ui: {address} (store {db_path}, read-only; Ctrl-C stops)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops it
+        asyncio.run(serve(db_path, args.port, ready))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.store import resolve_path
+    from pipeline.ui.app import render_report
+
+    db_path = resolve_path(args.db)
+    page = render_report(db_path, args.name)
+    try:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(page)
+    except OSError as exc:
+        raise UsageError(f"-o {args.output}: cannot write ({exc.strerror})") from None
+    print(f"wrote the page of {args.name!r} to {args.output} ({len(page.encode()):,} bytes)")
     return 0
 
 

@@ -29,3 +29,6 @@ echo "== SELECT flagged, count(*) FROM results_comments_demo GROUP BY flagged"
 echo
 echo "== a second run sends nothing: the store already has every row"
 "$FP" run jobs/classify_tickets.toml --sim --quiet
+echo
+echo "== look at it all in a browser (jobs, charts, every row's answer and cost): make ui"
+echo "   (= $FP ui --db demo.duckdb, then open http://127.0.0.1:8642/)"
