@@ -41,7 +41,7 @@ from pipeline.providers.base import Provider
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.providers.openai import OpenAIProvider
 from pipeline.retry import RetryPolicy
-from pipeline.sources import Frame, Row, count_rows_fast, read_frames
+from pipeline.sources import Frame, Row, count_rows_fast, keep_types, read_frames
 from pipeline.spec import JobSpec, parse_deadline
 from pipeline.store import (
     BatchClose,
@@ -589,6 +589,7 @@ async def run_job(
             "(export your key, or use --sim)"
         )
     rows_total, exact = count_rows_fast(spec.input)
+    kept_types = keep_types(spec.input)
     store = Store(db_path, for_run=True)
     thread = StoreThread(store)
     progress = progress or ProgressReporter(quiet=True)
@@ -608,7 +609,9 @@ async def run_job(
             spec.task,
             spec.model,
         )
-        view = await thread.run(store.create_view, spec.name, task.view_columns(), spec.input.keep)
+        view = await thread.run(
+            store.create_view, spec.name, task.view_columns(), spec.input.keep, kept_types
+        )
         # calls a killed run received but never stored: billed all the same, so they count
         leftovers = journal_files(db_path)
         lost = list(read_journal(leftovers))
