@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.errors import SpecError, UsageError
@@ -61,11 +62,12 @@ class InputFile:
 
     def open_raw(self) -> Any:
         """The stored bytes (still compressed), as a pyarrow input stream."""
-        return self.fs.open_input_stream(self.path)
+        return self.fs.open_input_stream(self.path, compression=None)
 
     def open(self) -> Any:
         """The file's content, decompressed on the fly, as a pyarrow input stream."""
-        return self.fs.open_input_stream(self.path, compression=self.codec)
+        raw = self.open_raw()  # one codec path for every filesystem
+        return pa.CompressedInputStream(raw, self.codec) if self.codec else raw
 
     def open_random_access(self) -> Any:
         return self.fs.open_input_file(self.path)
@@ -159,7 +161,8 @@ def _remote_matches(fs: Any, pattern: str) -> list[Any]:
             break
         fixed.append(part)
     base = "/".join(fixed)
-    selector = pafs.FileSelector(base, recursive="**" in pattern or len(fixed) < len(parts) - 1)
+    deep = "**" in pattern or len(fixed) < len(parts) - 1
+    selector = pafs.FileSelector(base, allow_not_found=True, recursive=deep)
     return [i for i in fs.get_file_info(selector) if _match(i.path.split("/"), parts)]
 
 
