@@ -30,6 +30,7 @@ from pipeline.budget import Budget
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.fingerprint import check_unchanged, input_fingerprint
 from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.lanes.api import BatchApi
 from pipeline.lanes.gemini_batch import GeminiBatchApi
@@ -96,8 +97,11 @@ def build_batch_api(spec: JobSpec, transport: Transport, api_key: str) -> BatchA
     return OpenAIBatchApi(transport, p.base_url, spec.model, api_key)
 
 
-def stored_spec(spec: JobSpec) -> str:
-    return orjson.dumps({"doc": orjson.loads(spec.raw), "_identity": spec.identity()}).decode()
+def stored_spec(spec: JobSpec, fingerprint: list[dict[str, Any]] | None = None) -> str:
+    doc: dict[str, Any] = {"doc": orjson.loads(spec.raw), "_identity": spec.identity()}
+    if fingerprint is not None:
+        doc["_input"] = fingerprint
+    return orjson.dumps(doc).decode()
 
 
 def status_path(db_path: str) -> Path:
@@ -600,10 +604,14 @@ async def run_job(
     try:
         if restart:
             await thread.run(store.drop_job, spec.name)
+        fingerprint = await anyio.to_thread.run_sync(input_fingerprint, spec.input)
+        known = await thread.run(store.job_row, spec.name)
+        if known is not None:
+            check_unchanged(spec.name, orjson.loads(known["spec"]).get("_input"), fingerprint)
         run_no = await thread.run(
             store.begin_job,
             spec.name,
-            stored_spec(spec),
+            stored_spec(spec, fingerprint),
             spec.spec_hash,
             spec.identity(),
             spec.task,
