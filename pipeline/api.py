@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import os
 import re
 import sys
 import threading
@@ -415,7 +416,7 @@ def stage_input(data: Any, db_path: str) -> tuple[str, list[str], str]:
     reader = _as_reader(data)
     folder = Path(db_path + ".inputs")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".staging-{threading.get_ident()}.parquet"
+    tmp = folder / f".staging-{os.getpid()}-{threading.get_ident()}.parquet"
     digest = hashlib.sha256(reader.schema.serialize().to_pybytes())
     import pyarrow.parquet as pq
 

@@ -147,3 +147,32 @@ def test_a_gzipped_jsonl_on_s3_is_read_like_a_local_one(
         out.write(gzip.compress(data))
     spec = make_spec(sim, Path("unused"), extra={"input": {"path": "s3://gz-bucket/rows.jsonl.gz"}})
     assert run_sync(spec, tmp_path / "s.duckdb").rows == {"ok": 25}
+
+
+def test_a_gzipped_jsonl_over_https_is_read_through_fsspec(sim: SimProcess, tmp_path: Path) -> None:
+    import functools
+    import gzip
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import orjson
+
+    served = tmp_path / "www"
+    served.mkdir()
+    data = b"".join(orjson.dumps(r) + b"\n" for r in ticket_rows(15))
+    (served / "rows.jsonl.gz").write_bytes(gzip.compress(data))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/rows.jsonl.gz"
+        spec = make_spec(sim, Path("unused"), extra={"input": {"path": url}})
+        assert run_sync(spec, tmp_path / "s.duckdb").rows == {"ok": 15}
+    finally:
+        server.shutdown()
+        server.server_close()
