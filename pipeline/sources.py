@@ -400,14 +400,47 @@ def _count_exact(f: InputFile, spec: InputSpec) -> int:
         return sum(1 for line in _checked(f, iter_lines(fh)) if line.strip())
 
 
-def _count_extrapolated(f: InputFile) -> int:
-    """Lines in the first MiB of content, scaled by how much of the stored file it took."""
+def _count_extrapolated(f: InputFile, sample: int = READ_BLOCK) -> int:
+    """Lines in the content behind the first MiB of the stored file, scaled to its size."""
     with f.open_raw() as raw:
-        stream = pa.CompressedInputStream(raw, f.codec) if f.codec else raw
-        head = stream.read(READ_BLOCK)
-        used = max(1, raw.tell())
-    lines = max(1, head.count(b"\n"))
-    return int(f.size / used * lines)
+        if f.codec is None:
+            head = raw.read(sample)
+            return int(f.size / max(1, len(head)) * head.count(b"\n"))
+        counted = _CountingReader(raw)
+        stream = pa.CompressedInputStream(pa.PythonFile(counted, mode="r"), f.codec)
+        lines = 0
+        while counted.consumed < sample:
+            chunk = stream.read(256 * 1024)
+            if not chunk:
+                break
+            lines += chunk.count(b"\n")
+        return int(f.size / max(1, counted.consumed) * lines)
+
+
+class _CountingReader:
+    """A raw stream that counts the bytes the decompressor has taken from it, handed over in
+    small reads so what it holds undecompressed (the count's error) stays under 16 KiB."""
+
+    MAX_READ = 16 * 1024
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self.consumed = 0
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(self.MAX_READ if n < 0 else min(n, self.MAX_READ))
+        self.consumed += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def keep_types(spec: InputSpec) -> dict[str, pa.DataType]:

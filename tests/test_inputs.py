@@ -22,6 +22,13 @@ from pipeline.spec import InputSpec
 from tests.conftest import make_spec, run_sync, sql, ticket_rows
 
 N = 60
+WORDS = [
+    f"{w}{i}"
+    for i, w in enumerate(
+        ["invoice", "crash", "login", "refund", "export", "dark", "mode", "hours"]
+    )
+]
+WORDS += [str(i) for i in range(1000)]
 
 
 def jsonl_bytes(rows: list[dict[str, Any]], end: bytes = b"\n") -> bytes:
@@ -268,3 +275,25 @@ def test_formats_and_codecs_come_from_the_file_name() -> None:
     assert file_format("a.parquet") == ("parquet", None)
     assert file_format("a.parquet.gz") is None
     assert file_format("a.txt") is None
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "jsonl.gz", "jsonl.zst"])
+def test_a_large_files_row_count_is_extrapolated_from_its_head(suffix: str, tmp_path: Path) -> None:
+    import random
+
+    from pipeline.files import input_files
+    from pipeline.sources import _count_extrapolated
+
+    rng = random.Random(5)  # text that compresses about as well as real text, not 100:1
+    rows = [{"text": " ".join(rng.choice(WORDS) for _ in range(12)), "n": i} for i in range(30_000)]
+    data = jsonl_bytes(rows)
+    path = tmp_path / f"rows.{suffix}"
+    if suffix.endswith("gz"):
+        path.write_bytes(gzip.compress(data))
+    elif suffix.endswith("zst"):
+        write_zstd(path, data)
+    else:
+        path.write_bytes(data)
+    f = input_files(str(path))[0]
+    assert f.size > 512 * 1024
+    assert 0.9 * 30_000 <= _count_extrapolated(f, sample=256 * 1024) <= 1.1 * 30_000
