@@ -234,9 +234,18 @@ class Job:
 
     # -- reading the store -----------------------------------------------------------------
     def status(self) -> Status:
+        """From the store; while a run holds the store (in this process or another), from the
+        live snapshot the runner keeps beside it."""
+        from pipeline.errors import StoreError
         from pipeline.reports import status_report
 
-        j = self._report(status_report)
+        try:
+            j = self._report(status_report)
+        except StoreError:
+            live = self._live_status()
+            if live is None:
+                raise
+            return live
         return Status(
             job=self.name,
             state=cast(JobState, j["state"]),
@@ -248,6 +257,28 @@ class Job:
             rows_paid_twice=int(j["rows_paid_twice"]),
             runs=int(j["runs"] or 0),
             message=j["message"],
+        )
+
+    def _live_status(self) -> Status | None:
+        from pipeline.engine import status_path
+
+        path = status_path(self.db)
+        if not path.exists():
+            return None
+        snap = orjson.loads(path.read_bytes())
+        if snap.get("job") != self.name:
+            return None
+        return Status(
+            job=self.name,
+            state="running",
+            rows=int(snap["rows_done"]),
+            by_status=dict(snap["by_status"]),
+            requests=int(snap["requests"]),
+            rate_limited=int(snap["rate_limited"]),
+            usd=Decimal(snap["usd"]),
+            rows_paid_twice=0,
+            runs=0,
+            message="running; figures from the live snapshot",
         )
 
     def cost(self) -> Cost:

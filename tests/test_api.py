@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,23 @@ def test_the_public_api_is_exported() -> None:
     for name in ("Job", "classify", "translate", "moderate", "extract", "Status", "Cost"):
         assert name in pipeline.__all__
     assert Decimal  # the typed values carry Decimals
+
+
+def test_status_while_run_async_holds_the_store_comes_from_the_live_snapshot(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path, key: None
+) -> None:
+    sim = sim_factory("--latency-ms", "400")
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(40))
+    job = Job(make_spec(sim, src, overrides=["limits.concurrency=4"]), db=tmp_path / "t.duckdb")
+
+    async def notebook_cell() -> tuple[Status, Any]:
+        running = asyncio.ensure_future(job.run_async(progress=False))
+        while not Path(job.db + ".status.json").exists():
+            await asyncio.sleep(0.1)
+        live = job.status()
+        return live, await running
+
+    live, summary = asyncio.run(notebook_cell())
+    assert live.state == "running" and live.rows < 40
+    assert summary.rows == {"ok": 40}
+    assert job.status().state == "done"
