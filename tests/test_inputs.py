@@ -6,6 +6,7 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,13 @@ def csv_text(rows: list[dict[str, Any]], delimiter: str) -> str:
 def write_zstd(path: Path, data: bytes) -> None:
     with pa.CompressedOutputStream(str(path), "zstd") as out:
         out.write(data)
+
+
+@pytest.fixture(scope="module")
+def shared_sim() -> Iterator[SimProcess]:
+    """One simulator for the many small runs here (each test has its own store)."""
+    with SimProcess([]) as sim:
+        yield sim
 
 
 def make_input(kind: str, tmp_path: Path) -> Path:
@@ -97,8 +105,9 @@ def make_input(kind: str, tmp_path: Path) -> Path:
     ],
 )
 def test_each_input_kind_runs_to_the_end_with_one_result_per_row(
-    kind: str, sim: SimProcess, tmp_path: Path
+    kind: str, shared_sim: SimProcess, tmp_path: Path
 ) -> None:
+    sim = shared_sim
     src = make_input(kind, tmp_path)
     db = tmp_path / "s.duckdb"
     summary = run_sync(make_spec(sim, src), db)
