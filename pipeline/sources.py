@@ -286,7 +286,7 @@ def _missing_columns(f: InputFile, spec: InputSpec, names: set[str]) -> None:
         raise SpecError(f"input.id: column {spec.id!r} is not in {f.name} (columns: {columns})")
 
 
-def _csv_reader(f: InputFile, spec: InputSpec, block: int = 4 << 20) -> Any:
+def _csv_reader(f: InputFile, spec: InputSpec, block: int = 1 << 20) -> Any:
     """pyarrow's streaming CSV reader: column types inferred from the first block, the id and
     text columns read as strings; quoted values may span lines."""
     import pyarrow.csv as pacsv
@@ -313,10 +313,17 @@ def _csv_frames(f: InputFile, spec: InputSpec, prefix: str, n: int) -> Iterator[
         for start in range(0, block.num_rows, n):
             batch = block.slice(start, n)
             ids = batch.column(spec.id) if spec.id else None
-            yield _ArrowFrame(
+            yield _CsvFrame(
                 ids, batch.num_rows, spec, prefix, offset, functools.partial(_same, batch)
             )
             offset += batch.num_rows
+
+
+class _CsvFrame(_ArrowFrame):
+    """Rows of a CSV block: already decoded and in memory, so the reader does not read the
+    next group ahead while this one is looked up (as for JSONL)."""
+
+    holds_rows = True
 
 
 def _same(batch: pa.RecordBatch) -> pa.RecordBatch:
