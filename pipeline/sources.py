@@ -270,7 +270,10 @@ def _checked(f: InputFile, items: Iterator[T]) -> Iterator[T]:
     try:
         yield from items
     except (OSError, pa.ArrowException) as exc:
-        raise SpecError(f"input {f.uri!r}: cannot be read: {_first_line(exc)}") from None
+        reason = _first_line(exc)
+        if "CSV conversion error" in reason:
+            reason += " (CSV column types are inferred from the file's first MiB)"
+        raise SpecError(f"input {f.uri!r}: cannot be read: {reason}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -385,14 +388,15 @@ class _RowGroupLoader:
 
 def count_rows_fast(spec: InputSpec) -> tuple[int, bool]:
     """Total rows (exact for Parquet from metadata, and for small text files) and whether the
-    count is exact; large JSONL/CSV files are extrapolated from their first MiB."""
+    count is exact; larger JSONL/CSV files (remote ones over 1 MiB) are extrapolated from
+    their first MiB."""
     total = 0
     exact = True
     for f in input_files(spec):
         if f.format == "parquet":
             total += _parquet_file(f).metadata.num_rows
-        elif f.size <= 8 << 20:
-            total += _count_exact(f, spec)
+        elif f.size <= (READ_BLOCK if files.is_remote(f.uri) else 8 << 20):
+            total += _count_exact(f, spec)  # remote: never download a file just to count it
         else:
             total += _count_extrapolated(f)
             exact = False

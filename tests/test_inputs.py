@@ -306,3 +306,11 @@ def test_a_large_files_row_count_is_extrapolated_from_its_head(suffix: str, tmp_
     f = input_files(str(path))[0]
     assert f.size > 512 * 1024
     assert 0.9 * 30_000 <= _count_extrapolated(f, sample=256 * 1024) <= 1.1 * 30_000
+
+
+def test_a_csv_cell_unlike_its_columns_first_mib_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "rows.csv"
+    body = "".join(f"r{i},hello {i},{i}\n" for i in range(80_000))  # over one 1 MiB block
+    src.write_text("id,text,zip\n" + body + "r-last,hello,A1B 2C3\n")
+    with pytest.raises(SpecError, match=r"rows\.csv'?: cannot be read: .*inferred from"):
+        list(read_batches(InputSpec(str(src), "id", keep=("zip",))))
