@@ -10,7 +10,8 @@ the reason in `error`; the engine stores it as an `invalid` result and goes on.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from pipeline.files import InputFile
 from pipeline.spec import InputSpec
 
 T = TypeVar("T")
+log = logging.getLogger("flashpipe")
 BATCH_ROWS = 1000
 PARQUET_FRAME_ROWS = 8192  # Arrow reads are cheap per batch; rows are built only when needed
 
@@ -270,10 +272,7 @@ def _checked(f: InputFile, items: Iterator[T]) -> Iterator[T]:
     try:
         yield from items
     except (OSError, pa.ArrowException) as exc:
-        reason = _first_line(exc)
-        if "CSV conversion error" in reason:
-            reason += " (CSV column types are inferred from the file's first MiB)"
-        raise SpecError(f"input {f.uri!r}: cannot be read: {reason}") from None
+        raise SpecError(f"input {f.uri!r}: cannot be read: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -289,16 +288,24 @@ def _missing_columns(f: InputFile, spec: InputSpec, names: set[str]) -> None:
         raise SpecError(f"input.id: column {spec.id!r} is not in {f.name} (columns: {columns})")
 
 
-def _csv_reader(f: InputFile, spec: InputSpec, block: int = 1 << 20) -> Any:
+def _csv_reader(
+    f: InputFile,
+    spec: InputSpec,
+    block: int = 1 << 20,
+    *,
+    all_text: Sequence[str] = (),
+    skip: int = 0,
+) -> Any:
     """pyarrow's streaming CSV reader: column types inferred from the first block, the id and
-    text columns read as strings; quoted values may span lines."""
+    text columns (and `all_text`) read as strings; quoted values may span lines; `skip` rows
+    after the header are passed over."""
     import pyarrow.csv as pacsv
 
-    strings = {spec.text: pa.string(), **({spec.id: pa.string()} if spec.id else {})}
+    strings = {c: pa.string() for c in (*all_text, spec.text, *([spec.id] if spec.id else []))}
     try:
         return pacsv.open_csv(
             _opened(f),
-            read_options=pacsv.ReadOptions(block_size=block),
+            read_options=pacsv.ReadOptions(block_size=block, skip_rows_after_names=skip),
             parse_options=pacsv.ParseOptions(
                 delimiter="\t" if f.format == "tsv" else ",", newlines_in_values=True
             ),
@@ -312,7 +319,29 @@ def _csv_frames(f: InputFile, spec: InputSpec, prefix: str, n: int) -> Iterator[
     reader = _csv_reader(f, spec)
     _missing_columns(f, spec, set(reader.schema.names))
     offset = 0
-    for block in _checked(f, iter(reader.read_next_batch, None)):
+    blocks = iter(reader.read_next_batch, None)
+    as_text = False
+    while True:
+        try:
+            block = next(blocks, None)
+        except pa.ArrowInvalid as exc:
+            if as_text or "conversion error" not in str(exc):
+                raise SpecError(f"input {f.uri!r}: cannot be read: {_first_line(exc)}") from None
+            # a cell unlike what the first block made of its column: read on from here with
+            # every column as text (the typed view casts them back; what does not fit is NULL)
+            as_text = True
+            log.info(
+                "%s: a CSV value unlike its column's type at row %d; reading on as text",
+                f.uri,
+                offset + 1,
+            )
+            reader = _csv_reader(f, spec, all_text=reader.schema.names, skip=offset)
+            blocks = _checked(f, iter(reader.read_next_batch, None))
+            continue
+        except (OSError, pa.ArrowException) as exc:
+            raise SpecError(f"input {f.uri!r}: cannot be read: {_first_line(exc)}") from None
+        if block is None:
+            return
         for start in range(0, block.num_rows, n):
             batch = block.slice(start, n)
             ids = batch.column(spec.id) if spec.id else None

@@ -308,9 +308,18 @@ def test_a_large_files_row_count_is_extrapolated_from_its_head(suffix: str, tmp_
     assert 0.9 * 30_000 <= _count_extrapolated(f, sample=256 * 1024) <= 1.1 * 30_000
 
 
-def test_a_csv_cell_unlike_its_columns_first_mib_is_one_line(tmp_path: Path) -> None:
+def test_a_csv_cell_unlike_its_columns_first_mib_is_read_on_as_text(tmp_path: Path) -> None:
     src = tmp_path / "rows.csv"
-    body = "".join(f"r{i},hello {i},{i}\n" for i in range(80_000))  # over one 1 MiB block
-    src.write_text("id,text,zip\n" + body + "r-last,hello,A1B 2C3\n")
-    with pytest.raises(SpecError, match=r"rows\.csv'?: cannot be read: .*inferred from"):
-        list(read_batches(InputSpec(str(src), "id", keep=("zip",))))
+    first = 'r0,"a text\nover two lines",0\n'  # records, not lines, are counted on a re-read
+    body = "".join(f"r{i},hello {i},{i}\n" for i in range(1, 80_000))  # over one 1 MiB block
+    src.write_text("id,text,zip\n" + first + body + "r-last,hello,A1B 2C3\nr-end,bye,7\n")
+    rows = [r for b in read_batches(InputSpec(str(src), "id", keep=("zip",))) for r in b]
+    assert len(rows) == 80_002
+    assert [r.id for r in rows[:2]] == ["r0", "r1"] and rows[0].text == "a text\nover two lines"
+    assert [(r.id, r.pos) for r in rows[-3:]] == [
+        ("r79999", "row:80000"),
+        ("r-last", "row:80001"),
+        ("r-end", "row:80002"),
+    ]
+    assert len({r.id for r in rows}) == 80_002
+    assert rows[-2].fields["zip"] == "A1B 2C3" and rows[5].fields["zip"] == 5
