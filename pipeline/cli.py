@@ -361,6 +361,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    from pipeline.files import open_output
     from pipeline.reports import job_names
     from pipeline.store import view_name
 
@@ -373,24 +374,24 @@ def cmd_results(args: argparse.Namespace) -> int:
         table = store.query_arrow(f'SELECT * FROM "{view_name(args.name)}"{where} ORDER BY row_id')
     finally:
         store.close()
-    try:
-        if args.format == "parquet":
-            pq.write_table(table, args.output)
-        elif args.format == "csv":
-            flat = table.select(
-                [
-                    c
-                    for c in table.column_names
-                    if not str(table.schema.field(c).type).startswith("list")
-                ]
-            )
-            pacsv.write_csv(flat, args.output)
-        else:
-            with open(args.output, "wb") as fh:
+    try:  # a local path or s3:// / gs:// through the same filesystem layer as the inputs
+        with open_output(args.output) as fh:
+            if args.format == "parquet":
+                pq.write_table(table, fh)
+            elif args.format == "csv":
+                flat = table.select(
+                    [
+                        c
+                        for c in table.column_names
+                        if not str(table.schema.field(c).type).startswith(("list", "struct"))
+                    ]
+                )
+                pacsv.write_csv(flat, fh)
+            else:
                 for r in table.to_pylist():
                     fh.write(orjson.dumps(r, default=str) + b"\n")
     except OSError as exc:
-        raise UsageError(f"-o {args.output}: cannot write ({exc.strerror})") from None
+        raise UsageError(f"-o {args.output}: cannot write ({exc.strerror or exc})") from None
     print(f"wrote {table.num_rows:,} rows to {args.output}")
     return 0
 

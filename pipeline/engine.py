@@ -32,6 +32,7 @@ from pipeline.catalog import label_value, model_limits, vertex_model_path
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.fingerprint import check_unchanged, input_fingerprint
 from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.lanes.api import BatchApi
 from pipeline.lanes.gemini_batch import GeminiBatchApi
@@ -43,7 +44,7 @@ from pipeline.providers.base import Provider
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.providers.openai import OpenAIProvider
 from pipeline.retry import RetryPolicy
-from pipeline.sources import Frame, Row, count_rows_fast, read_frames
+from pipeline.sources import Frame, Row, count_rows_fast, keep_types, read_frames
 from pipeline.spec import JobSpec, parse_deadline
 from pipeline.store import (
     BatchClose,
@@ -128,8 +129,11 @@ def build_batch_api(spec: JobSpec, transport: Transport, auth: Auth) -> BatchApi
     return OpenAIBatchApi(transport, p.base_url, spec.model, auth.key)
 
 
-def stored_spec(spec: JobSpec) -> str:
-    return orjson.dumps({"doc": orjson.loads(spec.raw), "_identity": spec.identity()}).decode()
+def stored_spec(spec: JobSpec, fingerprint: list[dict[str, Any]] | None = None) -> str:
+    doc: dict[str, Any] = {"doc": orjson.loads(spec.raw), "_identity": spec.identity()}
+    if fingerprint is not None:
+        doc["_input"] = fingerprint
+    return orjson.dumps(doc).decode()
 
 
 def status_path(db_path: str) -> Path:
@@ -621,6 +625,7 @@ async def run_job(
     resolve_prices(spec)  # an unknown model without [pricing] stops here, nothing sent
     auth = build_auth(spec, api_key)
     rows_total, exact = count_rows_fast(spec.input)
+    kept_types = keep_types(spec.input)
     store = Store(db_path, for_run=True)
     thread = StoreThread(store)
     progress = progress or ProgressReporter(quiet=True)
@@ -631,16 +636,22 @@ async def run_job(
     try:
         if restart:
             await thread.run(store.drop_job, spec.name)
+        fingerprint = await anyio.to_thread.run_sync(input_fingerprint, spec.input)
+        known = await thread.run(store.job_row, spec.name)
+        if known is not None:
+            check_unchanged(spec.name, orjson.loads(known["spec"]).get("_input"), fingerprint)
         run_no = await thread.run(
             store.begin_job,
             spec.name,
-            stored_spec(spec),
+            stored_spec(spec, fingerprint),
             spec.spec_hash,
             spec.identity(),
             spec.task,
             spec.model,
         )
-        view = await thread.run(store.create_view, spec.name, task.view_columns(), spec.input.keep)
+        view = await thread.run(
+            store.create_view, spec.name, task.view_columns(), spec.input.keep, kept_types
+        )
         # calls a killed run received but never stored: billed all the same, so they count
         leftovers = journal_files(db_path)
         lost = list(read_journal(leftovers))

@@ -1,4 +1,7 @@
-"""JSONL / Parquet readers: batches of Row, read lazily so memory stays flat.
+"""JSONL / CSV / TSV / Parquet readers: batches of Row, read lazily so memory stays flat.
+
+Files may be local or remote and JSONL/CSV may be compressed (pipeline.files opens them);
+a UTF-8 byte-order mark and CRLF line ends read like any other file.
 
 A row that cannot be read keeps its position as id (`line:57`, `row:57`) and carries
 the reason in `error`; the engine stores it as an `invalid` result and goes on.
@@ -7,19 +10,22 @@ the reason in `error`; the engine stores it as an `invalid` result and goes on.
 from __future__ import annotations
 
 import functools
-import glob
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import files
 from pipeline.errors import SpecError
+from pipeline.files import InputFile
 from pipeline.spec import InputSpec
 
+T = TypeVar("T")
+log = logging.getLogger("flashpipe")
 BATCH_ROWS = 1000
 PARQUET_FRAME_ROWS = 8192  # Arrow reads are cheap per batch; rows are built only when needed
 
@@ -37,26 +43,9 @@ class Row:
         return self.error is None
 
 
-def input_files(spec: InputSpec) -> list[Path]:
-    """The files an input path or glob names, sorted; an empty match is a job-file error."""
-    pattern = spec.path
-    paths = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-    files = [Path(p) for p in paths if Path(p).is_file()]
-    if not files:
-        raise SpecError(f"input.path: {pattern!r} matches no file")
-    for f in files:
-        if _kind(f) is None:
-            raise SpecError(f"input.path: {str(f)!r} is not .jsonl, .ndjson or .parquet")
-    return files
-
-
-def _kind(path: Path) -> str | None:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    return None
+def input_files(spec: InputSpec) -> list[InputFile]:
+    """The files an input path or glob names (local or remote), sorted."""
+    return files.input_files(spec.path)
 
 
 def read_batches(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator[list[Row]]:
@@ -179,14 +168,16 @@ def _id_text(value: Any) -> str | None:
 
 def read_frames(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator[Frame]:
     """Yield frames from every input file in order."""
-    files = input_files(spec)
-    for f in files:
-        prefix = f"{f.name}#" if len(files) > 1 else ""
-        if _kind(f) == "jsonl":
+    found = input_files(spec)
+    for f in found:
+        prefix = f"{f.name}#" if len(found) > 1 else ""
+        if f.format == "jsonl":
             for rows in _jsonl_batches(f, spec, prefix, batch_rows):
                 yield _RowFrame(rows)
-        else:
+        elif f.format == "parquet":
             yield from _parquet_frames(f, spec, prefix, max(batch_rows, PARQUET_FRAME_ROWS))
+        else:
+            yield from _csv_frames(f, spec, prefix, batch_rows)
 
 
 def _make_row(record: Any, spec: InputSpec, pos: str) -> Row:
@@ -220,10 +211,36 @@ def _make_row(record: Any, spec: InputSpec, pos: str) -> Row:
     return Row(row_id, pos, text, record)
 
 
-def _jsonl_batches(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterator[list[Row]]:
+BOM = b"\xef\xbb\xbf"
+READ_BLOCK = 1 << 20
+
+
+def iter_lines(stream: Any, block: int = READ_BLOCK) -> Iterator[bytes]:
+    """Lines of a byte stream (without their LF), a block at a time. A leading UTF-8 BOM is
+    dropped; a CR before the LF stays and is stripped with the other whitespace."""
+    tail = b""
+    while len(tail) < len(BOM):  # the start, whole enough to see a BOM
+        chunk = stream.read(block)
+        if not chunk:
+            break
+        tail += chunk
+    tail = tail.removeprefix(BOM)
+    while True:
+        lines = tail.split(b"\n")
+        tail = lines.pop()
+        yield from lines
+        chunk = stream.read(block)
+        if not chunk:
+            break
+        tail += chunk
+    if tail:
+        yield tail
+
+
+def _jsonl_batches(f: InputFile, spec: InputSpec, prefix: str, n: int) -> Iterator[list[Row]]:
     batch: list[Row] = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+    with _opened(f) as fh:
+        for lineno, raw in enumerate(_checked(f, iter_lines(fh)), start=1):
             pos = f"{prefix}line:{lineno}"
             stripped = raw.strip()
             if not stripped:
@@ -242,24 +259,124 @@ def _jsonl_batches(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterator
         yield batch
 
 
-def _parquet_frames(path: Path, spec: InputSpec, prefix: str, n: int) -> Iterator[Frame]:
+def _opened(f: InputFile) -> Any:
+    try:
+        return f.open()
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"input.path: {f.uri!r} cannot be opened: {_first_line(exc)}") from None
+
+
+def _checked(f: InputFile, items: Iterator[T]) -> Iterator[T]:
+    """Read errors in the middle of a file (a truncated .gz, a CSV cell that does not fit its
+    column's type, a dropped connection) as one line that names the file."""
+    try:
+        yield from items
+    except (OSError, pa.ArrowException) as exc:
+        raise SpecError(f"input {f.uri!r}: cannot be read: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _missing_columns(f: InputFile, spec: InputSpec, names: set[str]) -> None:
+    columns = ", ".join(sorted(names))
+    if spec.text not in names:
+        raise SpecError(f"input.text: column {spec.text!r} is not in {f.name} (columns: {columns})")
+    if spec.id is not None and spec.id not in names:
+        raise SpecError(f"input.id: column {spec.id!r} is not in {f.name} (columns: {columns})")
+
+
+def _csv_reader(
+    f: InputFile,
+    spec: InputSpec,
+    block: int = 1 << 20,
+    *,
+    all_text: Sequence[str] = (),
+    skip: int = 0,
+) -> Any:
+    """pyarrow's streaming CSV reader: column types inferred from the first block, the id and
+    text columns (and `all_text`) read as strings; quoted values may span lines; `skip` rows
+    after the header are passed over."""
+    import pyarrow.csv as pacsv
+
+    strings = {c: pa.string() for c in (*all_text, spec.text, *([spec.id] if spec.id else []))}
+    try:
+        return pacsv.open_csv(
+            _opened(f),
+            read_options=pacsv.ReadOptions(block_size=block, skip_rows_after_names=skip),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t" if f.format == "tsv" else ",", newlines_in_values=True
+            ),
+            convert_options=pacsv.ConvertOptions(column_types=strings),
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise SpecError(f"input {f.uri!r}: not a readable CSV file: {_first_line(exc)}") from None
+
+
+def _csv_frames(f: InputFile, spec: InputSpec, prefix: str, n: int) -> Iterator[Frame]:
+    reader = _csv_reader(f, spec)
+    _missing_columns(f, spec, set(reader.schema.names))
+    offset = 0
+    blocks = iter(reader.read_next_batch, None)
+    as_text = False
+    while True:
+        try:
+            block = next(blocks, None)
+        except pa.ArrowInvalid as exc:
+            if as_text or "conversion error" not in str(exc):
+                raise SpecError(f"input {f.uri!r}: cannot be read: {_first_line(exc)}") from None
+            # a cell unlike what the first block made of its column: read on from here with
+            # every column as text (the typed view casts them back; what does not fit is NULL)
+            as_text = True
+            log.info(
+                "%s: a CSV value unlike its column's type at row %d; reading on as text",
+                f.uri,
+                offset + 1,
+            )
+            reader = _csv_reader(f, spec, all_text=reader.schema.names, skip=offset)
+            blocks = _checked(f, iter(reader.read_next_batch, None))
+            continue
+        except (OSError, pa.ArrowException) as exc:
+            raise SpecError(f"input {f.uri!r}: cannot be read: {_first_line(exc)}") from None
+        if block is None:
+            return
+        for start in range(0, block.num_rows, n):
+            batch = block.slice(start, n)
+            ids = batch.column(spec.id) if spec.id else None
+            yield _CsvFrame(
+                ids, batch.num_rows, spec, prefix, offset, functools.partial(_same, batch)
+            )
+            offset += batch.num_rows
+
+
+class _CsvFrame(_ArrowFrame):
+    """Rows of a CSV block: already decoded and in memory, so the reader does not read the
+    next group ahead while this one is looked up (as for JSONL)."""
+
+    holds_rows = True
+
+
+def _same(batch: pa.RecordBatch) -> pa.RecordBatch:
+    return batch
+
+
+def _parquet_file(f: InputFile) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(f.open_random_access())
     except Exception as exc:  # pyarrow raises several types for an unreadable file
         raise SpecError(
-            f"input.path: {str(path)!r} is not a readable Parquet file ({exc})"
+            f"input.path: {f.uri!r} is not a readable Parquet file ({_first_line(exc)})"
         ) from None
+
+
+def _parquet_frames(f: InputFile, spec: InputSpec, prefix: str, n: int) -> Iterator[Frame]:
+    pf = _parquet_file(f)
     names = set(pf.schema_arrow.names)
-    if spec.text not in names:
-        raise SpecError(
-            f"input.text: column {spec.text!r} is not in {path.name} (columns: {', '.join(sorted(names))})"
-        )
-    if spec.id is not None and spec.id not in names:
-        raise SpecError(
-            f"input.id: column {spec.id!r} is not in {path.name} (columns: {', '.join(sorted(names))})"
-        )
+    _missing_columns(f, spec, names)
     wanted = [c for c in {spec.text, *(spec.keep), *([spec.id] if spec.id else [])} if c in names]
     wanted = sorted(wanted)
     offset = 0
@@ -299,23 +416,91 @@ class _RowGroupLoader:
 
 
 def count_rows_fast(spec: InputSpec) -> tuple[int, bool]:
-    """Total rows (exact for Parquet from metadata) and whether the count is exact."""
-    import pyarrow.parquet as pq
-
+    """Total rows (exact for Parquet from metadata, and for small text files) and whether the
+    count is exact; larger JSONL/CSV files (remote ones over 1 MiB) are extrapolated from
+    their first MiB."""
     total = 0
     exact = True
     for f in input_files(spec):
-        if _kind(f) == "parquet":
-            total += pq.ParquetFile(f).metadata.num_rows
+        if f.format == "parquet":
+            total += _parquet_file(f).metadata.num_rows
+        elif f.size <= (READ_BLOCK if files.is_remote(f.uri) else 8 << 20):
+            total += _count_exact(f, spec)  # remote: never download a file just to count it
         else:
-            size = f.stat().st_size
-            if size <= 8 << 20:
-                with f.open("rb") as fh:
-                    total += sum(1 for line in fh if line.strip())
-            else:
-                with f.open("rb") as fh:
-                    head = fh.read(1 << 20)
-                lines = max(1, head.count(b"\n"))
-                total += int(size / (len(head) / lines))
-                exact = False
+            total += _count_extrapolated(f)
+            exact = False
     return total, exact
+
+
+def _count_exact(f: InputFile, spec: InputSpec) -> int:
+    if f.format in ("csv", "tsv"):
+        reader = _csv_reader(f, spec)
+        return sum(b.num_rows for b in _checked(f, iter(reader.read_next_batch, None)))
+    with _opened(f) as fh:
+        return sum(1 for line in _checked(f, iter_lines(fh)) if line.strip())
+
+
+def _count_extrapolated(f: InputFile, sample: int = READ_BLOCK) -> int:
+    """Lines in the content behind the first MiB of the stored file, scaled to its size."""
+    with f.open_raw() as raw:
+        if f.codec is None:
+            head = raw.read(sample)
+            return int(f.size / max(1, len(head)) * head.count(b"\n"))
+        counted = _CountingReader(raw)
+        stream = pa.CompressedInputStream(pa.PythonFile(counted, mode="r"), f.codec)
+        lines = 0
+        while counted.consumed < sample:
+            chunk = stream.read(256 * 1024)
+            if not chunk:
+                break
+            lines += chunk.count(b"\n")
+        return int(f.size / max(1, counted.consumed) * lines)
+
+
+class _CountingReader:
+    """A raw stream that counts the bytes the decompressor has taken from it, handed over in
+    small reads so what it holds undecompressed (the count's error) stays under 16 KiB."""
+
+    MAX_READ = 16 * 1024
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self.consumed = 0
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(self.MAX_READ if n < 0 else min(n, self.MAX_READ))
+        self.consumed += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def keep_types(spec: InputSpec) -> dict[str, pa.DataType]:
+    """The Arrow type of each keep column, as the first input file gives it (Parquet from its
+    schema, CSV from the reader's inference, JSONL from the values of its first rows)."""
+    if not spec.keep:
+        return {}
+    f = input_files(spec)[0]
+    if f.format == "parquet":
+        schema = _parquet_file(f).schema_arrow
+    elif f.format in ("csv", "tsv"):
+        schema = _csv_reader(f, spec).schema
+    else:
+        rows = next(_jsonl_batches(f, spec, "", BATCH_ROWS), [])
+        records = [r.fields for r in rows if r.fields]
+        types = {}
+        for k in spec.keep:
+            try:
+                types[k] = pa.array([r.get(k) for r in records]).type
+            except (pa.ArrowException, TypeError, ValueError):
+                continue  # mixed values: the view keeps them as text
+        return types
+    return {k: schema.field(k).type for k in spec.keep if k in schema.names}

@@ -313,7 +313,9 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
 
     inp = _table(doc, "input", {"path", "id", "text", "keep"})
     if "path" not in inp:
-        raise SpecError("input.path: missing; expected the input file or glob (.jsonl/.parquet)")
+        raise SpecError(
+            "input.path: missing; expected the input file or glob (.jsonl, .csv, .tsv, .parquet)"
+        )
     path = _str(inp, "path", "input.path")
     if not Path(path).is_absolute() and not Path(path).exists() and (base_dir / path).exists():
         path = str(base_dir / path)

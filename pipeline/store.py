@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -485,7 +485,7 @@ class Store:
                 "row_id": [r.row_id for r in rows],
                 "pos": [r.pos for r in rows],
                 "text": [r.text for r in rows],
-                "fields": [orjson.dumps(r.fields).decode() for r in rows],
+                "fields": [kept_json(r.fields) for r in rows],
                 "attempts": [r.attempts for r in rows],
             },
             schema=BATCH_ROW_SCHEMA,
@@ -619,15 +619,22 @@ class Store:
         return int(count)
 
     # -- views and reports ---------------------------------------------------------------
-    def create_view(self, job: str, columns: Sequence[ViewColumn], keep: Sequence[str]) -> str:
+    def create_view(
+        self,
+        job: str,
+        columns: Sequence[ViewColumn],
+        keep: Sequence[str],
+        keep_types: Mapping[str, pa.DataType] | None = None,
+    ) -> str:
+        """The job's typed view: one column per answer field, and the keep columns in their
+        input types (text when the type is unknown, as in a store written before types)."""
         name = view_name(job)
         cols = ["r.row_id", "r.status", "r.error"]
         cols += [f"{c.sql} AS {sql_ident(c.name)}" for c in columns]
         taken = {c.name for c in columns} | {"row_id", "status", "error", "cost_usd", "attempts"}
+        sql_types = self._sql_types(keep_types or {})
         cols += [
-            f"json_extract_string(r.kept, {sql_str('$.' + k)}) AS {sql_ident(k)}"
-            for k in keep
-            if k not in taken
+            f"{_kept_sql(k, sql_types.get(k))} AS {sql_ident(k)}" for k in keep if k not in taken
         ]
         cols += ["r.attempts", "r.cost_usd", "r.output", "r.finished_at"]
         self.con.execute(
@@ -635,6 +642,15 @@ class Store:
             f"FROM results r WHERE r.job = {sql_str(job)}"
         )
         return name
+
+    def _sql_types(self, types: Mapping[str, pa.DataType]) -> dict[str, str]:
+        """DuckDB's name for each Arrow type it can read back from JSON."""
+        usable = {k: t for k, t in types.items() if _from_json(t)}
+        if not usable:
+            return {}
+        empty = pa.schema([(f"c{i}", t) for i, t in enumerate(usable.values())]).empty_table()
+        rel = self.con.from_arrow(empty)
+        return {k: str(t) for k, t in zip(usable, rel.types, strict=True)}
 
     def status_counts(self, job: str) -> dict[str, int]:
         rows = self.con.execute(
@@ -697,6 +713,50 @@ class Store:
             raise SpecError(f"query failed: {first}") from None
 
 
+def _from_json(t: pa.DataType) -> bool:
+    """Whether a value of this type survives the trip through the `kept` JSON column."""
+    if pa.types.is_struct(t):
+        return all(_from_json(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return bool(_from_json(t.value_type))
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+    )
+
+
+def _kept_sql(key: str, sql_type: str | None) -> str:
+    """A keep column read back from `kept` JSON: TRY_CAST, so a value that does not fit the
+    type (a JSONL row unlike the first ones) is NULL in the view and still whole in `kept`."""
+    path = sql_str("$." + key)
+    if sql_type is None or sql_type == "VARCHAR":
+        return f"json_extract_string(r.kept, {path})"
+    nested = sql_type.startswith(("STRUCT", "MAP")) or sql_type.endswith("]")
+    extract = "json_extract" if nested else "json_extract_string"
+    return f"TRY_CAST({extract}(r.kept, {path}) AS {sql_type})"
+
+
+def _json_default(value: Any) -> Any:
+    """Kept values orjson does not write itself (Decimal, bytes)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):  # a subclass (pandas.Timestamp) orjson does not take
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def kept_json(kept: Mapping[str, Any]) -> str:
+    return orjson.dumps(kept, default=_json_default).decode()
+
+
 def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
     return pa.table(
         {
@@ -714,7 +774,7 @@ def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
             "thinking_tokens": [r.usage.thinking for r in records],
             "cached_tokens": [r.usage.cached for r in records],
             "cost_usd": [r.cost_usd.quantize(_Q) for r in records],
-            "kept": [orjson.dumps(r.kept).decode() if r.kept else None for r in records],
+            "kept": [kept_json(r.kept) if r.kept else None for r in records],
             "finished_at": [r.finished_at for r in records],
         },
         schema=RESULT_SCHEMA,

@@ -47,6 +47,38 @@ def tickets_parquet(n: int) -> Path:
     return path
 
 
+def tickets_jsonl_gz(n: int) -> Path:
+    """The JSONL tickets, gzip-compressed (a real .gz, written by the standard library)."""
+    import gzip
+    import shutil
+
+    path = data_dir() / f"tickets_{n}.jsonl.gz"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with tickets_jsonl(n).open("rb") as src, gzip.open(tmp, "wb", compresslevel=6) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        tmp.rename(path)
+    return path
+
+
+def tickets_csv_gz(n: int) -> Path:
+    """The Parquet tickets as a gzip-compressed CSV with a header line."""
+    import pyarrow.csv as pacsv
+
+    path = data_dir() / f"tickets_{n}.csv.gz"
+    if not path.exists():
+        tmp = data_dir() / f"tickets_{n}.csv.gz.tmp"
+        pf = pq.ParquetFile(tickets_parquet(n))
+        with (
+            pa.CompressedOutputStream(str(tmp), "gzip") as out,
+            pacsv.CSVWriter(out, pf.schema_arrow) as writer,
+        ):
+            for batch in pf.iter_batches(batch_size=100_000):
+                writer.write_batch(batch)
+        tmp.rename(path)
+    return path
+
+
 def _rows(start: int, stop: int) -> list[dict[str, Any]]:
     base = ticket_rows(5)
     return [

@@ -183,11 +183,16 @@ def bench_resume(sec: Section) -> None:
 def bench_memory(sec: Section) -> None:
     with SimProcess([]) as sim:
         url = sim.base_url("gemini")
-        for kind, maker in (("Parquet", data.tickets_parquet), ("JSONL", data.tickets_jsonl)):
+        for kind, maker in (
+            ("Parquet", data.tickets_parquet),
+            ("JSONL", data.tickets_jsonl),
+            ("JSONL.gz", data.tickets_jsonl_gz),
+            ("CSV.gz", data.tickets_csv_gz),
+        ):
             peaks = {}
             secs = {}
             for n in (100_000, 1_000_000):
-                name = f"mem-{kind.lower()}-{n}"
+                name = f"mem-{kind.lower().replace('.', '-')}-{n}"
                 doc = data.job_doc(name, maker(n), url, rows_per_request=25)
                 p = measure.run_job(doc, measure.fresh_db(name), timeout=900)
                 peaks[n], secs[n] = p.peak_mib, p.elapsed_s
@@ -204,11 +209,13 @@ def bench_memory(sec: Section) -> None:
         for kind, maker, prefix in (
             ("Parquet", data.tickets_parquet, "row:"),
             ("JSONL", data.tickets_jsonl, "line:"),
+            ("JSONL.gz", data.tickets_jsonl_gz, "line:"),
+            ("CSV.gz", data.tickets_csv_gz, "row:"),
         ):
             peaks = {}
             secs = {}
             for n in (200_000, 1_000_000):
-                name = f"skip-{kind.lower()}-{n}"
+                name = f"skip-{kind.lower().replace('.', '-')}-{n}"
                 doc = data.job_doc(name, maker(n), url, rows_per_request=25)
                 db = measure.fresh_db(name)
                 prepopulate(doc, db, n, prefix)
