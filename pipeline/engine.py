@@ -28,8 +28,9 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import Auth, GoogleAuth, KeyAuth
 from pipeline.budget import Budget
-from pipeline.catalog import label_value, model_limits, vertex_model_path
+from pipeline.catalog import channel_of, label_value, model_limits, vertex_model_path
 from pipeline.channel import ChannelReceiver, channel
+from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
 from pipeline.journal import CallJournal, journal_files, read_journal
@@ -132,6 +133,25 @@ def stored_spec(spec: JobSpec) -> str:
     return orjson.dumps({"doc": orjson.loads(spec.raw), "_identity": spec.identity()}).decode()
 
 
+def request_fingerprint(spec: JobSpec, task: Task) -> str:
+    """Everything besides a row's text that decides what a request is and what it answers."""
+    p = spec.provider
+    return fingerprint(
+        {
+            "model": spec.model,
+            "api": p.api,
+            "channel": str(channel_of(p.api, p.base_url, p.channel)),
+            "task": spec.task,
+            "system": task.shape.system,
+            "schema": task.shape.schema,
+            "thinking": p.thinking,
+            "temperature": p.temperature,
+            "max_output_tokens": p.max_output_tokens,
+            "rows_per_request": spec.limits.rows_per_request,
+        }
+    )
+
+
 def status_path(db_path: str) -> Path:
     return Path(db_path + ".status.json")
 
@@ -179,6 +199,8 @@ class JobRun:
         deadline = spec.provider.deadline
         provider = build_provider(spec, run_no)
         self.context_tokens = model_limits(spec.model).context
+        self.dedupe = Dedupe(spec.input.keep, enabled=spec.dedupe)
+        self.fingerprint = request_fingerprint(spec, self.task)
         self.dispatcher = Dispatcher(
             job=spec.name,
             model=spec.model,
@@ -299,7 +321,13 @@ class JobRun:
                     await out.send(_invalid_result(rid, row, invalid, keep))
                     continue
                 self.in_progress[row.id] = row.pos
-                await packer.add(row)
+                user = self.task.render(row)
+                key = request_key(self.fingerprint, user)
+                copy = self.dedupe.answered(row, key)
+                if copy is not None:
+                    await out.send(copy)
+                elif self.dedupe.admit(row, key, input_hash(user)):
+                    await packer.add(row)
                 if self.stopping():
                     return False
         return True
@@ -374,13 +402,13 @@ class JobRun:
                     for msg in msgs:
                         if isinstance(msg, Outcome):
                             received.append(msg.call)
-                            results.extend(msg.results)
+                            results.extend(self._fan_out(msg.results))
                             self._count_call(msg.call)
                         elif isinstance(msg, BatchOutcome):
                             # the provider keeps a batch's answers: no journal needed, and
                             # the batch closes in the same commit as its results
                             settled.extend(msg.calls)
-                            results.extend(msg.results)
+                            results.extend(self._fan_out(msg.results))
                             closes.append(msg.close)
                             for call in msg.calls:
                                 self._count_call(call)
@@ -399,6 +427,13 @@ class JobRun:
                         await batches_send.send((self.journal.rotate(), results, calls, closes))
                         results, calls, closes = [], [], []
                         last = now
+
+    def _fan_out(self, finals: list[ResultRecord]) -> list[ResultRecord]:
+        """Each sent row's result, plus the results of the copies that waited for it."""
+        out: list[ResultRecord] = []
+        for r in finals:
+            out.extend(self.dedupe.fan_out(r))
+        return out
 
     async def _commit(
         self,

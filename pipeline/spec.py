@@ -40,6 +40,7 @@ TOP_KEYS = {
     "pricing",
     "store",
     "batch",
+    "dedupe",
     *TASKS,
 }
 
@@ -160,6 +161,7 @@ class JobSpec:
     pricing: PricingOverride | None = None
     store_path: str | None = None
     batch: BatchSpec = field(default_factory=BatchSpec)
+    dedupe: bool = True  # rows whose request would be identical are sent once
     raw: str = "{}"  # the merged TOML document as JSON, stored with the job
 
     def identity(self) -> dict[str, Any]:
@@ -477,6 +479,10 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     else:
         task_cfg["custom"] = _custom(doc, base_dir)
 
+    dedupe = doc.get("dedupe", True)
+    if not isinstance(dedupe, bool):
+        raise _fail("dedupe", dedupe, "true or false")
+
     return JobSpec(
         name=name,
         task=task,
@@ -488,6 +494,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         pricing=pricing,
         store_path=store_path,
         batch=batch,
+        dedupe=dedupe,
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )

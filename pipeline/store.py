@@ -87,6 +87,9 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS recovered BOOLEAN DEFAULT false;
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS lane VARCHAR DEFAULT 'standard';
+ALTER TABLE results ADD COLUMN IF NOT EXISTS answered_by VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS request_key VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS input_hash VARCHAR;
 CREATE TABLE IF NOT EXISTS batches (
     job VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
@@ -135,6 +138,9 @@ RESULT_SCHEMA = pa.schema(
         ("cost_usd", COST),
         ("kept", pa.string()),
         ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("answered_by", pa.string()),
+        ("request_key", pa.string()),
+        ("input_hash", pa.string()),
     ]
 )
 CALL_SCHEMA = pa.schema(
@@ -187,6 +193,9 @@ class ResultRecord:
     cost_usd: Decimal
     kept: dict[str, Any] | None
     finished_at: datetime
+    answered_by: str | None = None  # the row whose request answered this one (dedupe)
+    request_key: str | None = None  # the request's content address
+    input_hash: str | None = None  # the hash of what the row sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +473,7 @@ class Store:
                 self.con.execute("INSERT INTO calls SELECT * FROM _calls")
             if results:
                 self.con.register("_results", _results_table(job, results))
-                self.con.execute(f"INSERT INTO results SELECT * FROM _results{conflict}")
+                self.con.execute(f"INSERT INTO results BY NAME SELECT * FROM _results{conflict}")
             self.con.execute("COMMIT")
         finally:
             for name in ("_calls", "_results"):
@@ -716,6 +725,9 @@ def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
             "cost_usd": [r.cost_usd.quantize(_Q) for r in records],
             "kept": [orjson.dumps(r.kept).decode() if r.kept else None for r in records],
             "finished_at": [r.finished_at for r in records],
+            "answered_by": [r.answered_by for r in records],
+            "request_key": [r.request_key for r in records],
+            "input_hash": [r.input_hash for r in records],
         },
         schema=RESULT_SCHEMA,
     )
