@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="discard the job's stored results first"
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers")
     db(run)
 
     resume = sub.add_parser("resume", help="resume a job from the spec stored in the store")
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--sim", action="store_true")
     resume.add_argument("--sim-profile", default="clean", choices=["clean", "realistic", "hostile"])
     resume.add_argument("--quiet", action="store_true")
+    resume.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers")
     db(resume)
 
     status = sub.add_parser(
@@ -190,7 +192,7 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.job, args.set)
+    spec = load_spec(args.job, args.set + (["cache=false"] if args.no_cache else []))
     return _execute(spec, args, args.restart)
 
 
@@ -206,7 +208,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if row is None:
         raise UsageError(f"no job named {args.name!r} in {db_path!r}")
     doc = orjson.loads(row["spec"])["doc"]
-    spec = load_spec(document=doc, overrides=args.set)
+    spec = load_spec(document=doc, overrides=args.set + (["cache=false"] if args.no_cache else []))
     args.db = db_path
     return _execute(spec, args, restart=False)
 
@@ -259,7 +261,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if j["message"]:
             line += f" | {j['message']}"
         print(line)
-        if len(j["lanes"]) > 1 or "standard" not in j["lanes"]:
+        if j["cache"]["rows"]:
+            print(f"  {_from_cache(j['cache'])}")
+        if j["lanes"] and (len(j["lanes"]) > 1 or "standard" not in j["lanes"]):
             lanes = ", ".join(
                 f"{k} {v['rows']:,} rows ${v['usd']}" for k, v in sorted(j["lanes"].items())
             )
@@ -310,8 +314,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
             )
         if j["rows_paid_twice"]:
             print(f"  rows paid twice: {j['rows_paid_twice']}")
+        if j["cache"]["rows"]:
+            print(f"  {_from_cache(j['cache'])}")
     print(f"total: ${report['total_usd']}")
     return 0
+
+
+def _from_cache(cache: dict[str, Any]) -> str:
+    return f"{cache['rows']:,} rows from cache, ${cache['saved_usd']} saved"
 
 
 def cmd_query(args: argparse.Namespace) -> int:

@@ -71,12 +71,20 @@ class Dedupe:
     """Rows sent in this run by request key; copies of a row in flight wait for its answer.
 
     With `enabled` False every row is sent, but results are still labelled with their request
-    key and input hash (the cache and `retry --changed` read them).
+    key (the cache stores answers under it) and input hash (`retry --changed` reads it).
     """
 
-    def __init__(self, keep: tuple[str, ...], *, enabled: bool = True, remember: int = REMEMBER):
+    def __init__(
+        self,
+        keep: tuple[str, ...],
+        *,
+        enabled: bool = True,
+        record_key: bool = True,
+        remember: int = REMEMBER,
+    ):
         self.keep = keep
         self.enabled = enabled
+        self.record_key = record_key  # False: results carry no request key (the cache is off)
         self.remember = remember
         self._sent: dict[str, _Sent] = {}  # row id sent -> its key and the copies waiting
         self._leader: dict[str, str] = {}  # request key -> row id sent, while in flight
@@ -102,6 +110,10 @@ class Dedupe:
             finished_at=now_utc(),
         )
 
+    def in_flight(self, key: str) -> bool:
+        """Whether a row of this run was sent with this request and awaits its answer."""
+        return self.enabled and key in self._leader
+
     def admit(self, row: Row, key: str, ihash: str) -> bool:
         """True: send the row. False: the same request is in flight; the row waits for it."""
         leader = self._leader.get(key) if self.enabled else None
@@ -121,7 +133,8 @@ class Dedupe:
             return [result]
         if self._leader.get(sent.key) == result.row_id:
             del self._leader[sent.key]
-        result = replace(result, request_key=sent.key, input_hash=sent.input_hash)
+        key = sent.key if self.record_key else None
+        result = replace(result, request_key=key, input_hash=sent.input_hash)
         if self.enabled and result.status in REUSED:
             self._answered.pop(sent.key, None)
             self._answered[sent.key] = result

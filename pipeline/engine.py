@@ -28,6 +28,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import Auth, GoogleAuth, KeyAuth
 from pipeline.budget import Budget
+from pipeline.cache import CachedAnswer, cached_result, lane_for_saving
 from pipeline.catalog import channel_of, label_value, model_limits, vertex_model_path
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
@@ -199,7 +200,7 @@ class JobRun:
         deadline = spec.provider.deadline
         provider = build_provider(spec, run_no)
         self.context_tokens = model_limits(spec.model).context
-        self.dedupe = Dedupe(spec.input.keep, enabled=spec.dedupe)
+        self.dedupe = Dedupe(spec.input.keep, enabled=spec.dedupe, record_key=spec.cache)
         self.fingerprint = request_fingerprint(spec, self.task)
         self.dispatcher = Dispatcher(
             job=spec.name,
@@ -223,6 +224,7 @@ class JobRun:
             batch_hours=spec.batch.batch_hours,
             output_cap=model_limits(spec.model).max_output,
         )
+        self.saving_prices = self.dispatcher.lane_prices[lane_for_saving(self.lane)]
         self.batches: BatchRunner | None = None
         if self.lane in ("batch", "auto"):
             b = spec.batch
@@ -314,6 +316,7 @@ class JobRun:
         stored = {ids[i].as_py(): p for i, p in todo.items() if p is not None}
         for frame, picked in _split(group, todo):
             rows = await anyio.to_thread.run_sync(frame.rows, picked)
+            sendable: list[tuple[Row, str, str]] = []
             for row in rows:
                 invalid = self._invalid_reason(row, stored)
                 if invalid is not None:
@@ -322,15 +325,28 @@ class JobRun:
                     continue
                 self.in_progress[row.id] = row.pos
                 user = self.task.render(row)
-                key = request_key(self.fingerprint, user)
+                sendable.append((row, request_key(self.fingerprint, user), input_hash(user)))
+            hits = await self._cached(sendable)
+            for row, key, ihash in sendable:
+                # a copy of a row of this job names that row; the cache answers the others
                 copy = self.dedupe.answered(row, key)
+                hit = hits.get(key)
+                if copy is None and hit is not None and not self.dedupe.in_flight(key):
+                    copy = cached_result(row, key, ihash, hit, keep, self.saving_prices)
                 if copy is not None:
                     await out.send(copy)
-                elif self.dedupe.admit(row, key, input_hash(user)):
+                elif self.dedupe.admit(row, key, ihash):
                     await packer.add(row)
                 if self.stopping():
                     return False
         return True
+
+    async def _cached(self, rows: list[tuple[Row, str, str]]) -> dict[str, CachedAnswer]:
+        """The stored answers for these rows' requests (one lookup per input frame)."""
+        if not self.spec.cache or not rows:
+            return {}
+        found = await self.store.run(self.store.store.cached_answers, [k for _, k, _ in rows])
+        return {k: CachedAnswer(orjson.loads(out), usage) for k, (out, usage) in found.items()}
 
     def _invalid_reason(self, row: Row, stored: dict[str, str]) -> str | None:
         if row.id in stored:  # stored from another input position

@@ -61,6 +61,7 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
                 "by_outcome": {k: usd(v) for k, v in by_outcome.items()},
             },
             "rows_paid_twice": store.rows_paid_twice(job),
+            "cache": _cache_view(store, job),
         }
         lanes = store.lane_totals(job)
         entry["lanes"] = {}
@@ -92,6 +93,16 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
         jobs.append(entry)
         total += t["usd"]
     return {"jobs": jobs, "total_usd": usd(total), "total_usd_exact": str(total)}
+
+
+def _cache_view(store: Store, job: str) -> dict[str, Any]:
+    """Rows answered from the cache and what they saved, at the lane the job would have used."""
+    c = store.cache_totals(job)
+    return {
+        "rows": c["rows"],
+        "saved_usd": usd(c["saved_usd"]),
+        "saved_usd_exact": str(c["saved_usd"]),
+    }
 
 
 def _price_dict(p: Prices) -> dict[str, str]:
@@ -128,6 +139,7 @@ def status_report(store: Store, name: str | None) -> dict[str, Any]:
                 "requests_per_min": round(t["requests"] / elapsed * 60, 1) if elapsed else None,
                 "usd": usd(t["usd"]),
                 "rows_paid_twice": store.rows_paid_twice(job),
+                "cache": _cache_view(store, job),
                 "lanes": {
                     lane: {"calls": lt["calls"], "rows": lt["rows"], "usd": usd(lt["usd"])}
                     for lane, lt in store.lane_totals(job).items()

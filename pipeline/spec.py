@@ -41,6 +41,7 @@ TOP_KEYS = {
     "store",
     "batch",
     "dedupe",
+    "cache",
     *TASKS,
 }
 
@@ -162,6 +163,7 @@ class JobSpec:
     store_path: str | None = None
     batch: BatchSpec = field(default_factory=BatchSpec)
     dedupe: bool = True  # rows whose request would be identical are sent once
+    cache: bool = True  # answers stored by any job are reused, and this job's are kept
     raw: str = "{}"  # the merged TOML document as JSON, stored with the job
 
     def identity(self) -> dict[str, Any]:
@@ -482,6 +484,9 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     dedupe = doc.get("dedupe", True)
     if not isinstance(dedupe, bool):
         raise _fail("dedupe", dedupe, "true or false")
+    cache = doc.get("cache", True)
+    if not isinstance(cache, bool):
+        raise _fail("cache", cache, "true or false")
 
     return JobSpec(
         name=name,
@@ -495,6 +500,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         store_path=store_path,
         batch=batch,
         dedupe=dedupe,
+        cache=cache,
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )

@@ -90,6 +90,19 @@ ALTER TABLE calls ADD COLUMN IF NOT EXISTS lane VARCHAR DEFAULT 'standard';
 ALTER TABLE results ADD COLUMN IF NOT EXISTS answered_by VARCHAR;
 ALTER TABLE results ADD COLUMN IF NOT EXISTS request_key VARCHAR;
 ALTER TABLE results ADD COLUMN IF NOT EXISTS input_hash VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS from_cache BOOLEAN DEFAULT false;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS saved_usd DECIMAL(38, 12) DEFAULT 0;
+CREATE TABLE IF NOT EXISTS answers (
+    request_key VARCHAR PRIMARY KEY,
+    output JSON NOT NULL,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    thinking_tokens BIGINT,
+    cached_tokens BIGINT,
+    job VARCHAR,
+    row_id VARCHAR,
+    created_at TIMESTAMPTZ
+);
 CREATE TABLE IF NOT EXISTS batches (
     job VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
@@ -141,6 +154,8 @@ RESULT_SCHEMA = pa.schema(
         ("answered_by", pa.string()),
         ("request_key", pa.string()),
         ("input_hash", pa.string()),
+        ("from_cache", pa.bool_()),
+        ("saved_usd", COST),
     ]
 )
 CALL_SCHEMA = pa.schema(
@@ -196,6 +211,8 @@ class ResultRecord:
     answered_by: str | None = None  # the row whose request answered this one (dedupe)
     request_key: str | None = None  # the request's content address
     input_hash: str | None = None  # the hash of what the row sent
+    from_cache: bool = False  # answered from the store's answers, nothing sent
+    saved_usd: Decimal = Decimal(0)  # what a cached answer would have cost to ask again
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +491,8 @@ class Store:
             if results:
                 self.con.register("_results", _results_table(job, results))
                 self.con.execute(f"INSERT INTO results BY NAME SELECT * FROM _results{conflict}")
+                if any(r.request_key is not None for r in results):
+                    self.con.execute(_KEEP_ANSWERS, [now])
             self.con.execute("COMMIT")
         finally:
             for name in ("_calls", "_results"):
@@ -617,6 +636,33 @@ class Store:
             self.con.unregister("_calls")
         return int(added)
 
+    def cached_answers(self, keys: Sequence[str]) -> dict[str, tuple[str, Usage]]:
+        """For the request keys found in `answers`: key -> (output JSON, tokens it took)."""
+        if not keys:
+            return {}
+        self.con.register("_keys", pa.table({"k": pa.array(keys, pa.string())}))
+        try:
+            rows = self.con.execute(
+                "SELECT a.request_key, a.output, a.input_tokens, a.cached_tokens,"
+                " a.output_tokens, a.thinking_tokens FROM answers a"
+                " SEMI JOIN _keys k ON a.request_key = k.k"
+            ).fetchall()
+        finally:
+            self.con.unregister("_keys")
+        return {
+            r[0]: (r[1], Usage(int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0)))
+            for r in rows
+        }
+
+    def cache_totals(self, job: str) -> dict[str, Any]:
+        """Rows of a job answered from the cache, and what asking again would have cost."""
+        n, saved = self.con.execute(
+            "SELECT count(*), coalesce(sum(saved_usd), 0) FROM results"
+            " WHERE job = ? AND from_cache",
+            [job],
+        ).fetchall()[0]
+        return {"rows": int(n), "saved_usd": Decimal(saved)}
+
     def requeue(self, job: str, statuses: Sequence[str]) -> int:
         count = self.con.execute(
             "SELECT count(*) FROM results WHERE job = ? AND list_contains(?, status)",
@@ -706,6 +752,16 @@ class Store:
             raise SpecError(f"query failed: {first}") from None
 
 
+# ok answers by request key; a copy stored in the same commit adds its share back, so the
+# tokens are what one sending of the request took per row
+_KEEP_ANSWERS = (
+    "INSERT INTO answers SELECT request_key, any_value(output), sum(input_tokens),"
+    " sum(output_tokens), sum(thinking_tokens), sum(cached_tokens), any_value(job),"
+    " min(row_id), ? FROM _results WHERE status = 'ok' AND request_key IS NOT NULL"
+    " AND NOT from_cache GROUP BY request_key ON CONFLICT DO NOTHING"
+)
+
+
 def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
     return pa.table(
         {
@@ -728,6 +784,8 @@ def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
             "answered_by": [r.answered_by for r in records],
             "request_key": [r.request_key for r in records],
             "input_hash": [r.input_hash for r in records],
+            "from_cache": [r.from_cache for r in records],
+            "saved_usd": [r.saved_usd.quantize(_Q) for r in records],
         },
         schema=RESULT_SCHEMA,
     )
