@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", help="re-queue a job's rows with these statuses")
     retry.add_argument("name")
     retry.add_argument("--status", action="append", choices=["failed", "blocked", "invalid"])
+    retry.add_argument(
+        "--changed", action="store_true", help="rows whose input changed since they were stored"
+    )
     db(retry)
 
     sim = sub.add_parser("sim", help="serve the provider simulator", add_help=False)
@@ -263,6 +266,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(line)
         if j["cache"]["rows"]:
             print(f"  {_from_cache(j['cache'])}")
+        if j["changed_rows"]:
+            print(
+                f"  {j['changed_rows']:,} stored rows no longer match the input;"
+                f" `flashpipe retry {j['name']} --changed` re-queues them"
+            )
         if j["lanes"] and (len(j["lanes"]) > 1 or "standard" not in j["lanes"]):
             lanes = ", ".join(
                 f"{k} {v['rows']:,} rows ${v['usd']}" for k, v in sorted(j["lanes"].items())
@@ -404,7 +412,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
         raise StoreError(str(exc)) from None
     try:
         job_names(store, args.name)
-        n = store.requeue(args.name, args.status or ["failed"])
+        n = 0
+        if args.changed:
+            from pipeline.changed import changed_rows, stored_job
+
+            n += store.requeue_rows(args.name, changed_rows(store, stored_job(store, args.name)))
+        if args.status or not args.changed:
+            n += store.requeue(args.name, args.status or ["failed"])
     finally:
         store.close()
     print(f"re-queued {n:,} rows of {args.name!r}; `flashpipe resume {args.name}` sends them")

@@ -95,6 +95,16 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
     return {"jobs": jobs, "total_usd": usd(total), "total_usd_exact": str(total)}
 
 
+def _changed(store: Store, job: str) -> int | None:
+    """Stored rows whose input no longer matches (None when the input cannot be read)."""
+    from pipeline.changed import changed_rows, stored_job
+
+    try:
+        return len(changed_rows(store, stored_job(store, job)))
+    except FlashpipeError:
+        return None
+
+
 def _cache_view(store: Store, job: str) -> dict[str, Any]:
     """Rows answered from the cache and what they saved, at the lane the job would have used."""
     c = store.cache_totals(job)
@@ -140,6 +150,7 @@ def status_report(store: Store, name: str | None) -> dict[str, Any]:
                 "usd": usd(t["usd"]),
                 "rows_paid_twice": store.rows_paid_twice(job),
                 "cache": _cache_view(store, job),
+                "changed_rows": _changed(store, job) if name is not None else None,
                 "lanes": {
                     lane: {"calls": lt["calls"], "rows": lt["rows"], "usd": usd(lt["usd"])}
                     for lane, lt in store.lane_totals(job).items()

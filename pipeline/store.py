@@ -663,6 +663,31 @@ class Store:
         ).fetchall()[0]
         return {"rows": int(n), "saved_usd": Decimal(saved)}
 
+    def changed_ids(self, job: str, ids: Sequence[str], hashes: Sequence[str]) -> list[str]:
+        """Of these rows, those stored with a different input hash."""
+        cand = pa.table({"row_id": pa.array(ids, pa.string()), "h": pa.array(hashes, pa.string())})
+        self.con.register("_cand", cand)
+        try:
+            rows = self.con.execute(
+                "SELECT r.row_id FROM results r JOIN _cand c ON r.row_id = c.row_id"
+                " WHERE r.job = ? AND r.input_hash IS NOT NULL AND r.input_hash <> c.h",
+                [job],
+            ).fetchall()
+        finally:
+            self.con.unregister("_cand")
+        return [str(r[0]) for r in rows]
+
+    def requeue_rows(self, job: str, row_ids: Sequence[str]) -> int:
+        """Drop these rows' results, so the next run sends them again."""
+        self.con.register("_ids", pa.table({"row_id": pa.array(row_ids, pa.string())}))
+        try:
+            self.con.execute(
+                "DELETE FROM results WHERE job = ? AND row_id IN (SELECT row_id FROM _ids)", [job]
+            )
+        finally:
+            self.con.unregister("_ids")
+        return len(row_ids)
+
     def requeue(self, job: str, statuses: Sequence[str]) -> int:
         count = self.con.execute(
             "SELECT count(*) FROM results WHERE job = ? AND list_contains(?, status)",
