@@ -19,6 +19,7 @@ import anyio
 from pipeline.auth import Auth
 from pipeline.budget import Budget
 from pipeline.errors import ProviderStop
+from pipeline.feedback import with_feedback
 from pipeline.limits import FlowControl
 from pipeline.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices, worst_case_cost
 from pipeline.providers.base import Prompt, Provider, Reply, ReplyKind, Shape
@@ -70,6 +71,7 @@ class RowState:
     last_error: str | None = None
     tier: str | None = None  # "flex" while the row goes through Flex
     shed: int = 0  # Flex refusals: not billed, not an attempt burned
+    feedback: str | None = None  # why the last answer was rejected, told on the next attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +111,10 @@ class Dispatcher:
         flex_sheds: int = 3,
         batch_hours: float = 24.0,
         output_cap: int = MAX_OUTPUT_CAP,
+        feedback: bool = True,
     ):
         self.job = job
+        self.feedback = feedback
         self.model = model
         self.task = task
         self.provider = provider
@@ -149,6 +153,8 @@ class Dispatcher:
         if len(group) == 1:
             shape = self.task.shape
             user = self.task.render(group[0].row)
+            if group[0].feedback is not None:
+                user = with_feedback(user, group[0].feedback)
             max_tokens = group[0].max_tokens
             expected = self.task.expected_output_tokens(user)
         else:
@@ -460,6 +466,8 @@ class Dispatcher:
     ) -> None:
         state.burned += 1
         state.last_error = error
+        if self.feedback:
+            state.feedback = error
         if state.burned >= self.policy.max_attempts:
             finals.append(self.final(state, "failed", None, f"invalid answer: {error}"))
             self.failures += 1

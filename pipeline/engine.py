@@ -223,6 +223,7 @@ class JobRun:
             flex_sheds=spec.batch.flex_sheds,
             batch_hours=spec.batch.batch_hours,
             output_cap=model_limits(spec.model).max_output,
+            feedback=spec.limits.retry_feedback,
         )
         self.saving_prices = self.dispatcher.lane_prices[lane_for_saving(self.lane)]
         self.batches: BatchRunner | None = None

@@ -108,6 +108,7 @@ class Limits:
     concurrency: int | None = None  # None = auto
     rows_per_request: int = 1
     max_attempts: int = 6
+    retry_feedback: bool = True  # a retry after an invalid answer says what was wrong
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,13 @@ def _num(t: Mapping[str, Any], key: str, full: str, default: float, minimum: flo
     return float(value)
 
 
+def _bool(t: Mapping[str, Any], key: str, full: str, default: bool) -> bool:
+    value = t.get(key, default)
+    if not isinstance(value, bool):
+        raise _fail(full, value, "true or false")
+    return value
+
+
 def _choice(t: Mapping[str, Any], key: str, full: str, default: str, options: Sequence[str]) -> str:
     value = t.get(key, default)
     if value not in options:
@@ -403,7 +411,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     lim = _table(
         doc,
         "limits",
-        {"rpm", "tpm", "rpd", "concurrency", "rows_per_request", "max_attempts"},
+        {"rpm", "tpm", "rpd", "concurrency", "rows_per_request", "max_attempts", "retry_feedback"},
     )
     conc = lim.get("concurrency", "auto")
     if conc == "auto":
@@ -419,6 +427,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         concurrency=concurrency,
         rows_per_request=_int(lim, "rows_per_request", "limits.rows_per_request", 1, 1),
         max_attempts=_int(lim, "max_attempts", "limits.max_attempts", 6, 1),
+        retry_feedback=_bool(lim, "retry_feedback", "limits.retry_feedback", True),
     )
     if limits.rows_per_request > 200:
         raise _fail("limits.rows_per_request", limits.rows_per_request, "an integer from 1 to 200")

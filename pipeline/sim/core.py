@@ -127,6 +127,14 @@ def prompt_tokens(req: Req) -> tuple[int, int]:
     return system + tokens.count(req.user) + schema, system
 
 
+FEEDBACK = "your previous answer was rejected"
+
+
+def heeds(user: str) -> bool:
+    """A model that follows feedback: the request says why its previous answer was rejected."""
+    return FEEDBACK in user.lower()
+
+
 def unpacked_texts(req: Req) -> list[str]:
     """Texts to scan for fault markers: the packed items' texts, else the user text."""
     if req.schema is not None and req.schema.packed_item is not None and "[[sim:" in req.user:
@@ -149,7 +157,7 @@ def generate(req: Req, fault: str | None, drop: frozenset[str], cached: int) -> 
             req.schema,
             req.system,
             req.user,
-            bad_enum=fault == "bad_enum",
+            bad_enum=fault == "bad_enum" or (fault == "stubborn_enum" and not heeds(req.user)),
             drop_placeholder=fault == "drop_placeholder",
             drop=drop,
         )

@@ -24,6 +24,7 @@ FAULTS = (
     "prompt_blocked",
     "max_tokens",
     "bad_enum",
+    "stubborn_enum",  # bad_enum on every send, until the request says why it was rejected
     "bad_json",
     "drop_placeholder",
     "drop_item",

@@ -63,3 +63,42 @@ def bench_dedupe(sec: Section, rows: int = 20_000, repeat: float = 0.6) -> None:
         f"dedupe on: {c_on:,} requests, ${u_on:.6f}, {t_on:.1f} s; off: {c_off:,} requests,"
         f" ${u_off:.6f}, {t_off:.1f} s; saved {c_off - c_on:,} requests and ${u_off - u_on:.6f}"
     )
+
+
+def bench_feedback(sec: Section, rows: int = 2_000, stubborn: float = 0.05) -> None:
+    """Rows the simulator answers with a label not in the list until told why (5 %)."""
+    path = data.data_dir() / f"tickets_stubborn{int(stubborn * 100)}_{rows}.jsonl"
+    every = round(1 / stubborn)
+    with path.open("wb") as fh:
+        for i, row in enumerate(data._rows(0, rows)):
+            if i % every == 0:
+                row["text"] += " [[sim:stubborn_enum]]"
+            fh.write(orjson.dumps(row) + b"\n")
+    figures: dict[bool, tuple[int, int, int, float]] = {}
+    with SimProcess([]) as sim:
+        for feedback in (False, True):
+            name = f"feedback-{'on' if feedback else 'off'}"
+            doc = data.job_doc(name, path, sim.base_url("gemini"), concurrency=64)
+            doc["limits"]["retry_feedback"] = feedback
+            doc["cache"] = False
+            db = measure.fresh_db(name)
+            measure.run_job(doc, db)
+            ((calls, tokens, usd),) = measure.query(
+                db,
+                "SELECT count(*), sum(input_tokens + cached_tokens + output_tokens"
+                " + thinking_tokens), sum(cost_usd) FROM calls WHERE job = ?",
+                name,
+            )
+            ok = measure.status_counts(db, name).get("ok", 0)
+            figures[feedback] = (int(calls), int(tokens), ok, float(usd))
+    (c_off, t_off, ok_off, u_off), (c_on, t_on, ok_on, u_on) = figures[False], figures[True]
+    sec.add(f"rows ok of {rows:,}", f"{ok_on:,} (feedback)", f"{ok_off:,} (plain re-send)")
+    sec.lines[-1].passed = ok_on == rows
+    sec.lines[-1].target = "every row"
+    sec.add("requests", f"{c_on:,}", f"{c_off:,}", c_on / c_off, "fewer", c_on < c_off)
+    sec.add("tokens billed", f"{t_on:,}", f"{t_off:,}", t_on / t_off, "fewer", t_on < t_off)
+    sec.note(
+        f"{stubborn:.0%} of the rows carry the simulator's stubborn_enum marker (a bad label on"
+        f" every send until the request says why it was rejected); max_attempts 6;"
+        f" USD ${u_on:.6f} with feedback, ${u_off:.6f} with plain re-sends"
+    )

@@ -36,6 +36,11 @@ BENCHES: list[tuple[str, str, Callable[[Section], None]]] = [
     ("peers", "11. Peers", speed.bench_peers),
     ("limiter", "12. Limiter: aiolimiter vs flashpipe's own", limiter.bench_limiter),
     ("dedupe", "13. Dedupe (20,000 rows, 60 % repeated texts)", reuse.bench_dedupe),
+    (
+        "feedback",
+        "14. Retries with feedback (2,000 rows, 5 % answered invalidly)",
+        reuse.bench_feedback,
+    ),
 ]
 # mostly idle (a few requests per second): run alongside the others to save wall time
 # CPU- or latency-bound: nothing else runs beside them (resume start read 2.28 s beside the
