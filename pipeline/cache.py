@@ -33,7 +33,13 @@ def lane_for_saving(lane: str) -> str:
 
 
 def cached_result(
-    row: Row, key: str, ihash: str, hit: CachedAnswer, keep: tuple[str, ...], prices: Prices
+    row: Row,
+    key: str,
+    ihash: str,
+    hit: CachedAnswer,
+    keep: tuple[str, ...],
+    prices: Prices,
+    model: str | None = None,
 ) -> ResultRecord:
     return ResultRecord(
         row_id=row.id,
@@ -50,4 +56,5 @@ def cached_result(
         input_hash=ihash,
         from_cache=True,
         saved_usd=cost_usd(hit.usage, prices),
+        model=model,
     )

@@ -324,6 +324,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
             print(f"  rows paid twice: {j['rows_paid_twice']}")
         if j["cache"]["rows"]:
             print(f"  {_from_cache(j['cache'])}")
+        if len(j["models"]) > 1:
+            for model, m in j["models"].items():
+                print(
+                    f"  {model}: ${m['usd']} for {m['calls']:,} calls, answered {m['rows']:,} rows"
+                )
     print(f"total: ${report['total_usd']}")
     return 0
 

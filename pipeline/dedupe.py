@@ -81,7 +81,9 @@ class Dedupe:
         enabled: bool = True,
         record_key: bool = True,
         remember: int = REMEMBER,
+        model: str | None = None,
     ):
+        self.model = model  # the job's model: another model's answer is not kept under its key
         self.keep = keep
         self.enabled = enabled
         self.record_key = record_key  # False: results carry no request key (the cache is off)
@@ -133,7 +135,8 @@ class Dedupe:
             return [result]
         if self._leader.get(sent.key) == result.row_id:
             del self._leader[sent.key]
-        key = sent.key if self.record_key else None
+        own = result.model is None or result.model == self.model
+        key = sent.key if self.record_key and own else None
         result = replace(result, request_key=key, input_hash=sent.input_hash)
         if self.enabled and result.status in REUSED:
             self._answered.pop(sent.key, None)

@@ -34,6 +34,7 @@ from pipeline.channel import ChannelReceiver, channel
 from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.escalate import escalation_spec, triggers
 from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.lanes.api import BatchApi
 from pipeline.lanes.gemini_batch import GeminiBatchApi
@@ -200,7 +201,9 @@ class JobRun:
         deadline = spec.provider.deadline
         provider = build_provider(spec, run_no)
         self.context_tokens = model_limits(spec.model).context
-        self.dedupe = Dedupe(spec.input.keep, enabled=spec.dedupe, record_key=spec.cache)
+        self.dedupe = Dedupe(
+            spec.input.keep, enabled=spec.dedupe, record_key=spec.cache, model=spec.model
+        )
         self.fingerprint = request_fingerprint(spec, self.task)
         self.dispatcher = Dispatcher(
             job=spec.name,
@@ -226,6 +229,16 @@ class JobRun:
             feedback=spec.limits.retry_feedback,
         )
         self.saving_prices = self.dispatcher.lane_prices[lane_for_saving(self.lane)]
+        if spec.escalate is not None:
+            up = escalation_spec(spec)
+            d = self.dispatcher
+            d.escalate_to = d.for_model(
+                up.model,
+                build_provider(up, run_no),
+                resolve_prices(up),
+                model_limits(up.model).max_output,
+            )
+            d.escalate_on = triggers(spec.escalate.on)
         self.batches: BatchRunner | None = None
         if self.lane in ("batch", "auto"):
             b = spec.batch
@@ -333,7 +346,9 @@ class JobRun:
                 copy = self.dedupe.answered(row, key)
                 hit = hits.get(key)
                 if copy is None and hit is not None and not self.dedupe.in_flight(key):
-                    copy = cached_result(row, key, ihash, hit, keep, self.saving_prices)
+                    copy = cached_result(
+                        row, key, ihash, hit, keep, self.saving_prices, self.spec.model
+                    )
                 if copy is not None:
                     await out.send(copy)
                 elif self.dedupe.admit(row, key, ihash):

@@ -62,6 +62,15 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
             },
             "rows_paid_twice": store.rows_paid_twice(job),
             "cache": _cache_view(store, job),
+            "models": {
+                m: {
+                    "calls": v["calls"],
+                    "rows": v["rows"],
+                    "usd": usd(v["usd"]),
+                    "usd_exact": str(v["usd"]),
+                }
+                for m, v in store.model_totals(job).items()
+            },
         }
         lanes = store.lane_totals(job)
         entry["lanes"] = {}

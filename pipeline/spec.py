@@ -42,6 +42,7 @@ TOP_KEYS = {
     "batch",
     "dedupe",
     "cache",
+    "escalate",
     *TASKS,
 }
 
@@ -98,6 +99,15 @@ class BatchSpec:
     collect_seconds: float = 2.0  # how long a partial batch waits for more rows
     flex_sheds: int = 3  # auto lane: refusals by Flex before a row moves to Batch / Standard
     batch_hours: float = 24.0  # auto lane: Batch only while the deadline is further than this
+
+
+@dataclass(frozen=True)
+class EscalateSpec:
+    """A second model for the rows the first could not answer."""
+
+    model: str
+    thinking: str | None = None  # None: the job's own
+    on: tuple[str, ...] = ("invalid", "failed")
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,7 @@ class JobSpec:
     batch: BatchSpec = field(default_factory=BatchSpec)
     dedupe: bool = True  # rows whose request would be identical are sent once
     cache: bool = True  # answers stored by any job are reused, and this job's are kept
+    escalate: EscalateSpec | None = None
     raw: str = "{}"  # the merged TOML document as JSON, stored with the job
 
     def identity(self) -> dict[str, Any]:
@@ -496,6 +507,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     cache = doc.get("cache", True)
     if not isinstance(cache, bool):
         raise _fail("cache", cache, "true or false")
+    escalate = _escalate(doc, lane, max_output) if "escalate" in doc else None
 
     return JobSpec(
         name=name,
@@ -510,9 +522,41 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         batch=batch,
         dedupe=dedupe,
         cache=cache,
+        escalate=escalate,
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )
+
+
+def _escalate(doc: Mapping[str, Any], lane: str, max_output: int) -> EscalateSpec:
+    t = _table(doc, "escalate", {"model", "thinking", "on"})
+    if "model" not in t:
+        raise SpecError(
+            'escalate.model: missing; expected the second model, e.g. "gemini-3-flash-preview"'
+        )
+    model = _str(t, "model", "escalate.model")
+    if lane == "batch":
+        raise _fail(
+            "provider.lane",
+            lane,
+            '"standard", "flex" or "auto" with [escalate] (escalation runs online)',
+        )
+    thinking = (
+        _choice(t, "thinking", "escalate.thinking", "minimal", THINKING)
+        if "thinking" in t
+        else None
+    )
+    on = t.get("on", ["invalid", "failed"])
+    if not isinstance(on, list) or not on or not set(on) <= {"invalid", "failed"}:
+        raise _fail("escalate.on", on, 'a non-empty list of "invalid" and "failed"')
+    cap = model_limits(model)
+    if max_output > cap.max_output:
+        raise _fail(
+            "provider.max_output_tokens",
+            max_output,
+            f"at most {cap.max_output:,}, the output cap of {model} ({cap.source})",
+        )
+    return EscalateSpec(model, thinking, tuple(dict.fromkeys(on)))
 
 
 def _vertex(prov: Mapping[str, Any], api: str, lane: str) -> dict[str, Any]:

@@ -92,6 +92,7 @@ ALTER TABLE results ADD COLUMN IF NOT EXISTS request_key VARCHAR;
 ALTER TABLE results ADD COLUMN IF NOT EXISTS input_hash VARCHAR;
 ALTER TABLE results ADD COLUMN IF NOT EXISTS from_cache BOOLEAN DEFAULT false;
 ALTER TABLE results ADD COLUMN IF NOT EXISTS saved_usd DECIMAL(38, 12) DEFAULT 0;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS model VARCHAR;
 CREATE TABLE IF NOT EXISTS answers (
     request_key VARCHAR PRIMARY KEY,
     output JSON NOT NULL,
@@ -156,6 +157,7 @@ RESULT_SCHEMA = pa.schema(
         ("input_hash", pa.string()),
         ("from_cache", pa.bool_()),
         ("saved_usd", COST),
+        ("model", pa.string()),
     ]
 )
 CALL_SCHEMA = pa.schema(
@@ -213,6 +215,7 @@ class ResultRecord:
     input_hash: str | None = None  # the hash of what the row sent
     from_cache: bool = False  # answered from the store's answers, nothing sent
     saved_usd: Decimal = Decimal(0)  # what a cached answer would have cost to ask again
+    model: str | None = None  # the model whose answer this is
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,6 +657,22 @@ class Store:
             for r in rows
         }
 
+    def model_totals(self, job: str) -> dict[str, dict[str, Any]]:
+        """Per model: calls, USD and the rows whose stored answer is that model's."""
+        out: dict[str, dict[str, Any]] = {}
+        for model, calls, cost in self.con.execute(
+            "SELECT coalesce(model, '?'), count(*), coalesce(sum(cost_usd), 0) FROM calls"
+            " WHERE job = ? GROUP BY 1 ORDER BY 1",
+            [job],
+        ).fetchall():
+            out[str(model)] = {"calls": int(calls), "usd": Decimal(cost), "rows": 0}
+        for model, rows in self.con.execute(
+            "SELECT model, count(*) FROM results WHERE job = ? AND model IS NOT NULL GROUP BY 1",
+            [job],
+        ).fetchall():
+            out.setdefault(str(model), {"calls": 0, "usd": Decimal(0), "rows": 0})["rows"] = rows
+        return out
+
     def cache_totals(self, job: str) -> dict[str, Any]:
         """Rows of a job answered from the cache, and what asking again would have cost."""
         n, saved = self.con.execute(
@@ -811,6 +830,7 @@ def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
             "input_hash": [r.input_hash for r in records],
             "from_cache": [r.from_cache for r in records],
             "saved_usd": [r.saved_usd.quantize(_Q) for r in records],
+            "model": [r.model for r in records],
         },
         schema=RESULT_SCHEMA,
     )

@@ -157,7 +157,9 @@ def generate(req: Req, fault: str | None, drop: frozenset[str], cached: int) -> 
             req.schema,
             req.system,
             req.user,
-            bad_enum=fault == "bad_enum" or (fault == "stubborn_enum" and not heeds(req.user)),
+            bad_enum=fault == "bad_enum"
+            or (fault == "stubborn_enum" and not heeds(req.user))
+            or (fault == "lite_enum" and "lite" in req.model),
             drop_placeholder=fault == "drop_placeholder",
             drop=drop,
         )
