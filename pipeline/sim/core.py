@@ -135,13 +135,20 @@ def heeds(user: str) -> bool:
     return FEEDBACK in user.lower()
 
 
+def strip_feedback(user: str) -> str:
+    """The row's own text, without the note about a rejected answer a retry appends: fault
+    markers count sends of a row, and the ledger names rows, by it."""
+    cut = user.lower().find("\n\n---\n" + FEEDBACK)
+    return user if cut < 0 else user[:cut]
+
+
 def unpacked_texts(req: Req) -> list[str]:
     """Texts to scan for fault markers: the packed items' texts, else the user text."""
     if req.schema is not None and req.schema.packed_item is not None and "[[sim:" in req.user:
         items = model.unpack(req.user)
         if items is not None:
             return [str(i.get("text", "")) for i in items]
-    return [req.user]
+    return [strip_feedback(req.user)]
 
 
 def generate(req: Req, fault: str | None, drop: frozenset[str], cached: int) -> Result:
