@@ -259,6 +259,7 @@ class JobRun:
                 max_poll_seconds=b.max_poll_seconds,
                 collect_seconds=b.collect_seconds,
                 max_attempts=spec.limits.max_attempts,
+                stall_seconds=b.stall_seconds,
             )
 
     def stopping(self) -> bool:

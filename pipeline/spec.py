@@ -99,6 +99,7 @@ class BatchSpec:
     collect_seconds: float = 2.0  # how long a partial batch waits for more rows
     flex_sheds: int = 3  # auto lane: refusals by Flex before a row moves to Batch / Standard
     batch_hours: float = 24.0  # auto lane: Batch only while the deadline is further than this
+    stall_seconds: float = 86_400.0  # a batch unfinished this long moves its rows online
 
 
 @dataclass(frozen=True)
@@ -472,6 +473,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
             "collect_seconds",
             "flex_sheds",
             "batch_hours",
+            "stall_seconds",
         },
     )
     batch = BatchSpec(
@@ -483,6 +485,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         collect_seconds=_num(bt, "collect_seconds", "batch.collect_seconds", 2.0, 0.0),
         flex_sheds=_int(bt, "flex_sheds", "batch.flex_sheds", 3, 1),
         batch_hours=_num(bt, "batch_hours", "batch.batch_hours", 24.0, 0.0),
+        stall_seconds=_num(bt, "stall_seconds", "batch.stall_seconds", 86_400.0, 0.01),
     )
 
     store = _table(doc, "store", {"path"})

@@ -742,11 +742,13 @@ class Store:
         return {str(s): int(n) for s, n in rows}
 
     def rows_paid_twice(self, job: str) -> int:
-        """Rows answered (and billed) in a call a killed run lost before storing it."""
+        """Rows answered (and billed) in a call a killed run lost before storing it, or in a
+        stalled batch that answered after its rows were answered online."""
         return int(
             self.con.execute(
                 "SELECT count(DISTINCT rid) FROM (SELECT unnest(row_ids) AS rid FROM calls"
-                " WHERE job = ? AND recovered AND outcome IN ('ok', 'blocked'))",
+                " WHERE job = ? AND ((recovered AND outcome IN ('ok', 'blocked'))"
+                " OR outcome = 'paid_twice'))",
                 [job],
             ).fetchall()[0][0]
         )
