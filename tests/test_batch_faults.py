@@ -101,3 +101,20 @@ def test_a_batch_that_never_leaves_pending_has_its_rows_answered_on_flex(
         db, "SELECT (SELECT sum(cost_usd) FROM calls), (SELECT sum(cost_usd) FROM results)"
     )[0]
     assert Decimal(calls) == Decimal(results) == cost_usd(tokens, prices)
+
+
+def test_a_batch_pending_when_the_deadline_nears_moves_its_rows_to_flex_in_time(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory("--batch-seconds", "0.3", "--batch-fault", "stall")
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(40))
+    lane = {"lane": "batch", "deadline": "15m"}  # a batch cannot make it: Flex still can
+    spec = make_spec(sim, src, extra={"provider": lane, "batch": FAST_BATCH})
+    db = tmp_path / "s.duckdb"
+    summary = run_sync(spec, db)
+    sim.stop()
+
+    assert summary.rows == {"ok": 40} and summary.elapsed_s < 60
+    lanes = dict(sql(db, "SELECT lane, count(*) FROM calls WHERE outcome = 'ok' GROUP BY 1"))
+    assert lanes == {"flex": 40}
+    assert sql(db, "SELECT state FROM batches") == [("stalled",)]

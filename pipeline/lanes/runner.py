@@ -12,6 +12,7 @@ batch, up to `limits.max_attempts`.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,7 @@ T = TypeVar("T")
 log = logging.getLogger("flashpipe")
 SUBMIT_TRIES = 6
 MAX_COLLECT = 30.0  # seconds a buffered row waits at most for its batch to fill
-DEADLINE_MARGIN = 600.0  # a batch unfinished this close to the deadline moves its rows online
+DEADLINE_MARGIN = 600.0  # what Flex needs at least before the deadline; Standard below it
 PAID_TWICE = "paid_twice"  # a call outcome: billed, its rows already answered another way
 
 
@@ -337,6 +338,7 @@ class BatchRunner:
         interval = self.poll_seconds
         last_state = ""
         started = time.monotonic()
+        grace = 0.0
         while not self.stopping():
             try:
                 remote = await self.api.get(batch.provider_name)
@@ -355,8 +357,11 @@ class BatchRunner:
             waited = time.monotonic() - started
             if not batch.moved and self._stalled(waited):
                 await self._move_online(batch, waited)
-                started = time.monotonic()  # as long again for a late answer, then no more
-            elif batch.moved and waited >= self.stall_seconds:
+                # watched as long again as it was pending (never past the deadline): a
+                # later answer is not seen by this run
+                grace = min(waited, self._deadline_left())
+                started = time.monotonic()
+            elif batch.moved and waited >= grace:
                 self.budget.settle(batch.reserved, Decimal(0))
                 log.warning("batch %s never answered; stopped watching it", batch.batch_id)
                 return None
@@ -417,16 +422,19 @@ class BatchRunner:
         )
         self._requeue(again)
 
-    def _stalled(self, waited: float) -> bool:
-        """Pending too long, or too close to the job's deadline for the batch to finish."""
-        if waited >= self.stall_seconds:
-            return True
+    def _deadline_left(self) -> float:
         deadline = self.d.deadline
-        return deadline is not None and (deadline - now_utc()).total_seconds() < DEADLINE_MARGIN
+        return math.inf if deadline is None else (deadline - now_utc()).total_seconds()
+
+    def _stalled(self, waited: float) -> bool:
+        """Pending too long, or too close to the job's deadline for the batch to finish (its
+        rows then still have time for Flex)."""
+        return waited >= self.stall_seconds or self._deadline_left() < 2 * DEADLINE_MARGIN
 
     async def _move_online(self, batch: LocalBatch, waited: float) -> None:
         """A stalled batch: close it in the store and run its rows on Flex (Standard when the
-        deadline is near). The batch is still watched, so a late answer is counted."""
+        deadline is under DEADLINE_MARGIN away). The batch is still watched for a while, so a
+        late answer is counted."""
         batch.moved = True
         self.stats.stalled += 1
         rows = sum(len(g) for g in batch.groups)
@@ -437,8 +445,7 @@ class BatchRunner:
         await self.out.send(
             BatchOutcome([], [], BatchClose(batch.batch_id, "stalled", 0, rows, why))
         )
-        deadline = self.d.deadline
-        near = deadline is not None and (deadline - now_utc()).total_seconds() < DEADLINE_MARGIN
+        near = self._deadline_left() < DEADLINE_MARGIN
         out = self.out
 
         async def emit(outcome: Outcome) -> None:

@@ -57,8 +57,9 @@ def parse_args(argv: list[str] | None) -> Config:
     except ValueError as e:
         p.error(str(e))
     for fate in a.batch_fault:
-        if fate not in ("ok", "expire", "fail", "stall", "lie") and not fate.startswith(
-            ("invalid=", "stall=")
+        number = fate.partition("=")[2]
+        if fate not in ("ok", "expire", "fail", "stall", "lie") and not (
+            fate.startswith(("invalid=", "stall=")) and number.replace(".", "", 1).isdigit()
         ):
             p.error(
                 f"--batch-fault {fate!r}: expected ok, expire, fail, invalid=SHARE,"
