@@ -27,6 +27,7 @@ import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import Auth, GoogleAuth, KeyAuth
+from pipeline.autopack import with_auto_packing
 from pipeline.budget import Budget
 from pipeline.cache import CachedAnswer, cached_result, lane_for_saving
 from pipeline.catalog import channel_of, label_value, model_limits, vertex_model_path
@@ -687,6 +688,8 @@ async def run_job(
     """Run (or resume) a job to the end. Raises the FlashpipeError of a stop."""
     task = build_task(spec)  # validates the task config before anything opens
     resolve_prices(spec)  # an unknown model without [pricing] stops here, nothing sent
+    if spec.limits.auto_pack:
+        spec = await anyio.to_thread.run_sync(with_auto_packing, spec, task)
     auth = build_auth(spec, api_key)
     rows_total, exact = count_rows_fast(spec.input)
     store = Store(db_path, for_run=True)

@@ -120,6 +120,7 @@ class Limits:
     rows_per_request: int = 1
     max_attempts: int = 6
     retry_feedback: bool = True  # a retry after an invalid answer says what was wrong
+    auto_pack: bool = False  # rows_per_request = "auto": chosen at the start of each run
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class JobSpec:
             "model": self.model,
             "input": {"path": self.input.path, "id": self.input.id, "text": self.input.text},
             self.task: asdict(task_cfg) if task_cfg is not None else None,
-            "rows_per_request": self.limits.rows_per_request,
+            "rows_per_request": "auto" if self.limits.auto_pack else self.limits.rows_per_request,
         }
 
     @property
@@ -432,6 +433,9 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         concurrency = conc
     else:
         raise _fail("limits.concurrency", conc, '"auto" or an integer from 1 to 4096')
+    auto_pack = lim.get("rows_per_request") == "auto"
+    if auto_pack:
+        lim = {k: v for k, v in lim.items() if k != "rows_per_request"}
     limits = Limits(
         rpm=_int(lim, "rpm", "limits.rpm", 4000),
         tpm=_int(lim, "tpm", "limits.tpm", 4_000_000),
@@ -440,6 +444,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         rows_per_request=_int(lim, "rows_per_request", "limits.rows_per_request", 1, 1),
         max_attempts=_int(lim, "max_attempts", "limits.max_attempts", 6, 1),
         retry_feedback=_bool(lim, "retry_feedback", "limits.retry_feedback", True),
+        auto_pack=auto_pack,
     )
     if limits.rows_per_request > 200:
         raise _fail("limits.rows_per_request", limits.rows_per_request, "an integer from 1 to 200")

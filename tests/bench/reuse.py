@@ -102,3 +102,51 @@ def bench_feedback(sec: Section, rows: int = 2_000, stubborn: float = 0.05) -> N
         f" every send until the request says why it was rejected); max_attempts 6;"
         f" USD ${u_on:.6f} with feedback, ${u_off:.6f} with plain re-sends"
     )
+
+
+DEMO_JOBS = ("classify_tickets", "moderate_comments", "translate_products", "custom_extract")
+
+
+def bench_autopack(sec: Section) -> None:
+    """rows_per_request = "auto" against fixed packings on the demo jobs (simulator cost)."""
+    root = Path(__file__).resolve().parents[2]
+    fixed = (1, 10, 25, 50)
+    with SimProcess([]) as sim:
+        for job in DEMO_JOBS:
+            usd: dict[str, float] = {}
+            for per in (*fixed, "auto"):
+                name = f"autopack-{job}-{per}"
+                db = measure.fresh_db(name)
+                p = measure.flashpipe(
+                    "run",
+                    str(root / "jobs" / f"{job}.toml"),
+                    "--set",
+                    f"name={name}",
+                    "--set",
+                    f'provider.base_url="{sim.base_url("gemini")}"',
+                    "--set",
+                    f"limits.rows_per_request={per}",
+                    "--no-cache",
+                    "--quiet",
+                    "--db",
+                    str(db),
+                )
+                if p.code != 0:
+                    raise RuntimeError(f"{name} exited {p.code}: {p.stderr.strip()[-500:]}")
+                ((cost, calls),) = measure.query(
+                    db, "SELECT sum(cost_usd), count(*) FROM calls WHERE job = ?", name
+                )
+                usd[str(per)] = float(cost)
+                if per == "auto":
+                    sec.note(f"{job}: auto sent {calls} requests")
+            cheapest = min(usd[str(n)] for n in fixed)
+            best = min(fixed, key=lambda n: usd[str(n)])
+            sec.add(
+                f"{job}: USD with auto vs the cheapest fixed packing ({best})",
+                f"${usd['auto']:.6f}",
+                f"${cheapest:.6f}",
+                usd["auto"] / cheapest,
+                "within 10 %",
+                usd["auto"] <= cheapest * 1.10,
+            )
+            sec.note(f"{job}: " + ", ".join(f"{k}: ${v:.6f}" for k, v in usd.items()))

@@ -41,6 +41,7 @@ BENCHES: list[tuple[str, str, Callable[[Section], None]]] = [
         "14. Retries with feedback (2,000 rows, 5 % answered invalidly)",
         reuse.bench_feedback,
     ),
+    ("autopack", "15. rows_per_request auto vs fixed packings (demo jobs)", reuse.bench_autopack),
 ]
 # mostly idle (a few requests per second): run alongside the others to save wall time
 # CPU- or latency-bound: nothing else runs beside them (resume start read 2.28 s beside the
