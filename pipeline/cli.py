@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="discard the job's stored results first"
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers")
     db(run)
 
     resume = sub.add_parser("resume", help="resume a job from the spec stored in the store")
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--sim", action="store_true")
     resume.add_argument("--sim-profile", default="clean", choices=["clean", "realistic", "hostile"])
     resume.add_argument("--quiet", action="store_true")
+    resume.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers")
     db(resume)
 
     status = sub.add_parser(
@@ -90,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", help="re-queue a job's rows with these statuses")
     retry.add_argument("name")
     retry.add_argument("--status", action="append", choices=["failed", "blocked", "invalid"])
+    retry.add_argument(
+        "--changed", action="store_true", help="rows whose input changed since they were stored"
+    )
     db(retry)
 
     ui = sub.add_parser("ui", help="a local web page of the store's jobs, rows and costs")
@@ -201,7 +206,7 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.job, args.set)
+    spec = load_spec(args.job, args.set + (["cache=false"] if args.no_cache else []))
     return _execute(spec, args, args.restart)
 
 
@@ -217,7 +222,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if row is None:
         raise UsageError(f"no job named {args.name!r} in {db_path!r}")
     doc = orjson.loads(row["spec"])["doc"]
-    spec = load_spec(document=doc, overrides=args.set)
+    spec = load_spec(document=doc, overrides=args.set + (["cache=false"] if args.no_cache else []))
     args.db = db_path
     return _execute(spec, args, restart=False)
 
@@ -270,7 +275,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         if j["message"]:
             line += f" | {j['message']}"
         print(line)
-        if len(j["lanes"]) > 1 or "standard" not in j["lanes"]:
+        if j["cache"]["rows"]:
+            print(f"  {_from_cache(j['cache'])}")
+        if j["changed_rows"]:
+            print(
+                f"  {j['changed_rows']:,} stored rows no longer match the input;"
+                f" `flashpipe retry {j['name']} --changed` re-queues them"
+            )
+        if j["lanes"] and (len(j["lanes"]) > 1 or "standard" not in j["lanes"]):
             lanes = ", ".join(
                 f"{k} {v['rows']:,} rows ${v['usd']}" for k, v in sorted(j["lanes"].items())
             )
@@ -321,8 +333,19 @@ def cmd_cost(args: argparse.Namespace) -> int:
             )
         if j["rows_paid_twice"]:
             print(f"  rows paid twice: {j['rows_paid_twice']}")
+        if j["cache"]["rows"]:
+            print(f"  {_from_cache(j['cache'])}")
+        if len(j["models"]) > 1:
+            for model, m in j["models"].items():
+                print(
+                    f"  {model}: ${m['usd']} for {m['calls']:,} calls, answered {m['rows']:,} rows"
+                )
     print(f"total: ${report['total_usd']}")
     return 0
+
+
+def _from_cache(cache: dict[str, Any]) -> str:
+    return f"{cache['rows']:,} rows from cache, ${cache['saved_usd']} saved"
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -406,7 +429,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
         raise StoreError(str(exc)) from None
     try:
         job_names(store, args.name)
-        n = store.requeue(args.name, args.status or ["failed"])
+        n = 0
+        if args.changed:
+            from pipeline.changed import changed_rows, stored_job
+
+            n += store.requeue_rows(args.name, changed_rows(store, stored_job(store, args.name)))
+        if args.status or not args.changed:
+            n += store.requeue(args.name, args.status or ["failed"])
     finally:
         store.close()
     print(f"re-queued {n:,} rows of {args.name!r}; `flashpipe resume {args.name}` sends them")

@@ -19,6 +19,8 @@ import anyio
 from pipeline.auth import Auth
 from pipeline.budget import Budget
 from pipeline.errors import ProviderStop
+from pipeline.escalate import Trigger, escalates
+from pipeline.feedback import with_feedback
 from pipeline.limits import FlowControl
 from pipeline.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices, worst_case_cost
 from pipeline.providers.base import Prompt, Provider, Reply, ReplyKind, Shape
@@ -70,6 +72,8 @@ class RowState:
     last_error: str | None = None
     tier: str | None = None  # "flex" while the row goes through Flex
     shed: int = 0  # Flex refusals: not billed, not an attempt burned
+    feedback: str | None = None  # why the last answer was rejected, told on the next attempt
+    invalid: bool = False  # the last attempt got an answer the checks refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +113,14 @@ class Dispatcher:
         flex_sheds: int = 3,
         batch_hours: float = 24.0,
         output_cap: int = MAX_OUTPUT_CAP,
+        feedback: bool = True,
+        call_prefix: str | None = None,
     ):
         self.job = job
+        self.feedback = feedback
+        self._call_prefix = call_prefix or str(run_no)
+        self.escalate_to: Dispatcher | None = None  # [escalate]: the second model
+        self.escalate_on: frozenset[Trigger] = frozenset()
         self.model = model
         self.task = task
         self.provider = provider
@@ -149,6 +159,8 @@ class Dispatcher:
         if len(group) == 1:
             shape = self.task.shape
             user = self.task.render(group[0].row)
+            if group[0].feedback is not None:
+                user = with_feedback(user, group[0].feedback)
             max_tokens = group[0].max_tokens
             expected = self.task.expected_output_tokens(user)
         else:
@@ -170,9 +182,47 @@ class Dispatcher:
     async def process(self, rows: list[Row], emit: Emit) -> None:
         """Run one work item to the end: every row gets a result, or stays pending on stop."""
         tier = "flex" if self.lane in ("flex", "auto") else None
-        todo: list[list[RowState]] = [
-            [RowState(r, self.max_output_tokens, tier=tier) for r in rows]
-        ]
+        await self._process([RowState(r, self.max_output_tokens, tier=tier) for r in rows], emit)
+
+    def for_model(
+        self, model: str, provider: Provider, prices: Prices, output_cap: int
+    ) -> Dispatcher:
+        """A dispatcher for a second model that shares this one's limits, budget and client."""
+        return Dispatcher(
+            job=self.job,
+            model=model,
+            task=self.task,
+            provider=provider,
+            transport=self.transport,
+            auth=self.auth,
+            flow=self.flow,
+            budget=self.budget,
+            prices=prices,
+            policy=self.policy,
+            max_output_tokens=self.max_output_tokens,
+            run_no=self._run_no,
+            in_flight=self.in_flight,
+            stopping=self.stopping,
+            keep=self.keep,
+            lane=self.lane,
+            deadline=self.deadline,
+            flex_sheds=self.flex_sheds,
+            batch_hours=self.batch_hours,
+            output_cap=output_cap,
+            feedback=self.feedback,
+            call_prefix=f"{self._run_no}e",
+        )
+
+    async def take(self, states: list[RowState], emit: Emit) -> None:
+        """Rows another model gave up on: a fresh set of attempts, their bill carried on."""
+        for s in states:
+            s.burned = s.rate_limited = 0
+            s.feedback, s.invalid, s.last_error = None, False, None
+            s.max_tokens = self.max_output_tokens
+        await self._process(states, emit)
+
+    async def _process(self, states: list[RowState], emit: Emit) -> None:
+        todo: list[list[RowState]] = [states]
         while todo:
             if self.stopping():
                 return
@@ -215,8 +265,14 @@ class Dispatcher:
             outcome, finals, retry, error = await self._shed(group, reply)
         else:
             outcome, finals, retry, error = self.judge(group, prompt, reply)
+        up: list[RowState] = []
+        if self.escalate_to is not None and finals:
+            finals, up = self._escalating(group, finals)
         call = self.call_record(group, reply, outcome, error, started, latency, lane, call_cost)
         await emit(Outcome(call, finals))
+        if up:
+            assert self.escalate_to is not None
+            await self.escalate_to.take(up, emit)
         if outcome == "stopped":
             raise StopDispatch("provider", error or "the provider refused the job")
         if retry:
@@ -224,6 +280,18 @@ class Dispatcher:
             if delay > 0:
                 await anyio.sleep(delay)
         return [g for g, _ in retry]
+
+    def _escalating(
+        self, group: list[RowState], finals: list[ResultRecord]
+    ) -> tuple[list[ResultRecord], list[RowState]]:
+        """Split off the rows this model failed that go to the second model instead."""
+        failed = {r.row_id for r in finals if r.status == "failed"}
+        up = [s for s in group if s.row.id in failed and escalates(s.invalid, self.escalate_on)]
+        if not up:
+            return finals, []
+        moving = {s.row.id for s in up}
+        self.failures -= len(up)
+        return [r for r in finals if r.row_id not in moving], up
 
     def charge(
         self, group: list[RowState], reply: Reply, prices: Prices, call_cost: Decimal
@@ -254,7 +322,7 @@ class Dispatcher:
     ) -> CallRecord:
         self._calls += 1
         return CallRecord(
-            call_id=call_id or f"{self._run_no}-{self._calls}-{id(group) & 0xFFFF:x}",
+            call_id=call_id or f"{self._call_prefix}-{self._calls}-{id(group) & 0xFFFF:x}",
             row_ids=tuple(s.row.id for s in group),
             attempt=max(s.calls for s in group),
             started_at=started,
@@ -354,6 +422,7 @@ class Dispatcher:
             cost_usd=state.cost,
             kept=kept,
             finished_at=now_utc(),
+            model=self.model,
         )
 
     def judge(
@@ -400,6 +469,7 @@ class Dispatcher:
             for state in group:
                 state.burned += 1
                 state.max_tokens = max(state.max_tokens, bigger)
+                state.invalid = False
                 state.last_error = f"answer cut off at {prompt.max_output_tokens} output tokens"
             exhausted = [s for s in group if s.burned >= self.policy.max_attempts]
             for state in exhausted:
@@ -434,6 +504,7 @@ class Dispatcher:
             else:
                 state.burned += 1
             state.last_error = error
+            state.invalid = False
             decision = self.policy.decide(
                 cls, state.burned, state.rate_limited, self._rng, reply.retry_after
             )
@@ -460,6 +531,9 @@ class Dispatcher:
     ) -> None:
         state.burned += 1
         state.last_error = error
+        state.invalid = True
+        if self.feedback:
+            state.feedback = error
         if state.burned >= self.policy.max_attempts:
             finals.append(self.final(state, "failed", None, f"invalid answer: {error}"))
             self.failures += 1

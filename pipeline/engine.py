@@ -27,11 +27,15 @@ import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import Auth, GoogleAuth, KeyAuth
+from pipeline.autopack import with_auto_packing
 from pipeline.budget import Budget
-from pipeline.catalog import label_value, model_limits, vertex_model_path
+from pipeline.cache import CachedAnswer, cached_result, lane_for_saving
+from pipeline.catalog import channel_of, label_value, model_limits, vertex_model_path
 from pipeline.channel import ChannelReceiver, channel
+from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.escalate import escalation_spec, triggers
 from pipeline.fingerprint import check_unchanged, input_fingerprint
 from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.lanes.api import BatchApi
@@ -129,11 +133,30 @@ def build_batch_api(spec: JobSpec, transport: Transport, auth: Auth) -> BatchApi
     return OpenAIBatchApi(transport, p.base_url, spec.model, auth.key)
 
 
-def stored_spec(spec: JobSpec, fingerprint: list[dict[str, Any]] | None = None) -> str:
+def stored_spec(spec: JobSpec, files: list[dict[str, Any]] | None = None) -> str:
     doc: dict[str, Any] = {"doc": orjson.loads(spec.raw), "_identity": spec.identity()}
-    if fingerprint is not None:
-        doc["_input"] = fingerprint
+    if files is not None:  # what the input files looked like (inputs without an id column)
+        doc["_input"] = files
     return orjson.dumps(doc).decode()
+
+
+def request_fingerprint(spec: JobSpec, task: Task) -> str:
+    """Everything besides a row's text that decides what a request is and what it answers."""
+    p = spec.provider
+    return fingerprint(
+        {
+            "model": spec.model,
+            "api": p.api,
+            "channel": str(channel_of(p.api, p.base_url, p.channel)),
+            "task": spec.task,
+            "system": task.shape.system,
+            "schema": task.shape.schema,
+            "thinking": p.thinking,
+            "temperature": p.temperature,
+            "max_output_tokens": p.max_output_tokens,
+            "rows_per_request": spec.limits.rows_per_request,
+        }
+    )
 
 
 def status_path(db_path: str) -> Path:
@@ -183,6 +206,10 @@ class JobRun:
         deadline = spec.provider.deadline
         provider = build_provider(spec, run_no)
         self.context_tokens = model_limits(spec.model).context
+        self.dedupe = Dedupe(
+            spec.input.keep, enabled=spec.dedupe, record_key=spec.cache, model=spec.model
+        )
+        self.fingerprint = request_fingerprint(spec, self.task)
         self.dispatcher = Dispatcher(
             job=spec.name,
             model=spec.model,
@@ -204,7 +231,19 @@ class JobRun:
             flex_sheds=spec.batch.flex_sheds,
             batch_hours=spec.batch.batch_hours,
             output_cap=model_limits(spec.model).max_output,
+            feedback=spec.limits.retry_feedback,
         )
+        self.saving_prices = self.dispatcher.lane_prices[lane_for_saving(self.lane)]
+        if spec.escalate is not None:
+            up = escalation_spec(spec)
+            d = self.dispatcher
+            d.escalate_to = d.for_model(
+                up.model,
+                build_provider(up, run_no),
+                resolve_prices(up),
+                model_limits(up.model).max_output,
+            )
+            d.escalate_on = triggers(spec.escalate.on)
         self.batches: BatchRunner | None = None
         if self.lane in ("batch", "auto"):
             b = spec.batch
@@ -225,6 +264,7 @@ class JobRun:
                 max_poll_seconds=b.max_poll_seconds,
                 collect_seconds=b.collect_seconds,
                 max_attempts=spec.limits.max_attempts,
+                stall_seconds=b.stall_seconds,
             )
 
     def stopping(self) -> bool:
@@ -296,6 +336,7 @@ class JobRun:
         stored = {ids[i].as_py(): p for i, p in todo.items() if p is not None}
         for frame, picked in _split(group, todo):
             rows = await anyio.to_thread.run_sync(frame.rows, picked)
+            sendable: list[tuple[Row, str, str]] = []
             for row in rows:
                 invalid = self._invalid_reason(row, stored)
                 if invalid is not None:
@@ -303,10 +344,31 @@ class JobRun:
                     await out.send(_invalid_result(rid, row, invalid, keep))
                     continue
                 self.in_progress[row.id] = row.pos
-                await packer.add(row)
+                user = self.task.render(row)
+                sendable.append((row, request_key(self.fingerprint, user), input_hash(user)))
+            hits = await self._cached(sendable)
+            for row, key, ihash in sendable:
+                # a copy of a row of this job names that row; the cache answers the others
+                copy = self.dedupe.answered(row, key)
+                hit = hits.get(key)
+                if copy is None and hit is not None and not self.dedupe.in_flight(key):
+                    copy = cached_result(
+                        row, key, ihash, hit, keep, self.saving_prices, self.spec.model
+                    )
+                if copy is not None:
+                    await out.send(copy)
+                elif self.dedupe.admit(row, key, ihash):
+                    await packer.add(row)
                 if self.stopping():
                     return False
         return True
+
+    async def _cached(self, rows: list[tuple[Row, str, str]]) -> dict[str, CachedAnswer]:
+        """The stored answers for these rows' requests (one lookup per input frame)."""
+        if not self.spec.cache or not rows:
+            return {}
+        found = await self.store.run(self.store.store.cached_answers, [k for _, k, _ in rows])
+        return {k: CachedAnswer(orjson.loads(out), usage) for k, (out, usage) in found.items()}
 
     def _invalid_reason(self, row: Row, stored: dict[str, str]) -> str | None:
         if row.id in stored:  # stored from another input position
@@ -378,13 +440,13 @@ class JobRun:
                     for msg in msgs:
                         if isinstance(msg, Outcome):
                             received.append(msg.call)
-                            results.extend(msg.results)
+                            results.extend(self._fan_out(msg.results))
                             self._count_call(msg.call)
                         elif isinstance(msg, BatchOutcome):
                             # the provider keeps a batch's answers: no journal needed, and
                             # the batch closes in the same commit as its results
                             settled.extend(msg.calls)
-                            results.extend(msg.results)
+                            results.extend(self._fan_out(msg.results))
                             closes.append(msg.close)
                             for call in msg.calls:
                                 self._count_call(call)
@@ -403,6 +465,13 @@ class JobRun:
                         await batches_send.send((self.journal.rotate(), results, calls, closes))
                         results, calls, closes = [], [], []
                         last = now
+
+    def _fan_out(self, finals: list[ResultRecord]) -> list[ResultRecord]:
+        """Each sent row's result, plus the results of the copies that waited for it."""
+        out: list[ResultRecord] = []
+        for r in finals:
+            out.extend(self.dedupe.fan_out(r))
+        return out
 
     async def _commit(
         self,
@@ -623,6 +692,8 @@ async def run_job(
     """Run (or resume) a job to the end. Raises the FlashpipeError of a stop."""
     task = build_task(spec)  # validates the task config before anything opens
     resolve_prices(spec)  # an unknown model without [pricing] stops here, nothing sent
+    if spec.limits.auto_pack:
+        spec = await anyio.to_thread.run_sync(with_auto_packing, spec, task)
     auth = build_auth(spec, api_key)
     rows_total, exact = count_rows_fast(spec.input)
     kept_types = keep_types(spec.input)
@@ -636,14 +707,14 @@ async def run_job(
     try:
         if restart:
             await thread.run(store.drop_job, spec.name)
-        fingerprint = await anyio.to_thread.run_sync(input_fingerprint, spec.input)
+        files = await anyio.to_thread.run_sync(input_fingerprint, spec.input)
         known = await thread.run(store.job_row, spec.name)
         if known is not None:
-            check_unchanged(spec.name, orjson.loads(known["spec"]).get("_input"), fingerprint)
+            check_unchanged(spec.name, orjson.loads(known["spec"]).get("_input"), files)
         run_no = await thread.run(
             store.begin_job,
             spec.name,
-            stored_spec(spec, fingerprint),
+            stored_spec(spec, files),
             spec.spec_hash,
             spec.identity(),
             spec.task,

@@ -14,7 +14,7 @@ from pipeline.pricing import LANE_FACTOR, cost_usd, lane_prices, resolve_prices
 from pipeline.sources import Row, count_rows_fast, read_batches
 from pipeline.spec import JobSpec
 from pipeline.tasks import build_task
-from pipeline.tasks.base import estimate_tokens
+from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.packing import packed_shape, render_pack
 from pipeline.usage import Usage
 
@@ -23,19 +23,8 @@ SAMPLE_ROWS = 500
 THINKING_RATIO = {"minimal": 0.0, "low": 1.0, "medium": 3.0, "high": 8.0}
 
 
-def estimate(spec: JobSpec) -> dict[str, Any]:
-    task = build_task(spec)
-    prices = resolve_prices(spec)
-    total_rows, exact = count_rows_fast(spec.input)
-    sample: list[Row] = []
-    for batch in read_batches(spec.input, batch_rows=SAMPLE_ROWS):
-        sample.extend(r for r in batch if r.valid)
-        if len(sample) >= SAMPLE_ROWS:
-            break
-    sample = sample[:SAMPLE_ROWS]
-    if not sample:
-        return {"job": spec.name, "rows": total_rows, "rows_exact": exact, "sampled": 0, "usd": "0"}
-    per = max(1, spec.limits.rows_per_request)
+def sample_tokens(task: Task, sample: list[Row], per: int) -> tuple[float, float]:
+    """Estimated prompt and answer tokens per row when `per` rows go in one request."""
     if per == 1:
         shape = task.shape
         fixed = estimate_tokens(shape.system) + estimate_tokens(str(shape.schema)) + 8
@@ -47,6 +36,33 @@ def estimate(spec: JobSpec) -> dict[str, Any]:
         packs = [sample[i : i + per] for i in range(0, len(sample), per)]
         prompt = sum(fixed + estimate_tokens(render_pack(task, p)) for p in packs) / len(sample)
         output = sum(task.expected_output_tokens(r.text or "") + 6 for r in sample) / len(sample)
+    return prompt, output
+
+
+def read_sample(spec: JobSpec) -> list[Row]:
+    """The first SAMPLE_ROWS readable rows of the input."""
+    sample: list[Row] = []
+    for batch in read_batches(spec.input, batch_rows=SAMPLE_ROWS):
+        sample.extend(r for r in batch if r.valid)
+        if len(sample) >= SAMPLE_ROWS:
+            break
+    return sample[:SAMPLE_ROWS]
+
+
+def estimate(spec: JobSpec) -> dict[str, Any]:
+    task = build_task(spec)
+    prices = resolve_prices(spec)
+    total_rows, exact = count_rows_fast(spec.input)
+    sample = read_sample(spec)
+    if not sample:
+        return {"job": spec.name, "rows": total_rows, "rows_exact": exact, "sampled": 0, "usd": "0"}
+    choice = None
+    if spec.limits.auto_pack:
+        from pipeline.autopack import choose_packing
+
+        choice = choose_packing(spec, task, sample, prices)
+    per = choice.rows if choice is not None else max(1, spec.limits.rows_per_request)
+    prompt, output = sample_tokens(task, sample, per)
     thinking = output * THINKING_RATIO[spec.provider.thinking]
     requests = math.ceil(total_rows / per)
     usage = Usage(
@@ -79,6 +95,8 @@ def estimate(spec: JobSpec) -> dict[str, Any]:
             "thinking": usage.thinking,
         },
         "lane": spec.provider.lane,
+        "rows_per_request": per,
+        "rows_per_request_auto": choice.view() if choice is not None else None,
         "usd": str(usd.quantize(Decimal("0.000001"))),
         "usd_by_lane": {k: str(v.quantize(Decimal("0.000001"))) for k, v in by_lane.items()},
         "usd_low": str((usd * Decimal("0.8")).quantize(Decimal("0.000001"))),
@@ -110,5 +128,16 @@ def format_estimate(r: dict[str, Any]) -> str:
         f"  cost: ${r['usd']} in the {r['lane']} lane (range ${r['usd_low']} - ${r['usd_high']})\n"
         f"  by lane: " + ", ".join(f"{k} ${v}" for k, v in r["usd_by_lane"].items()) + "\n"
         f"  prices: ${p['input']}/M in, ${p['output']}/M out ({p['source']})\n"
-        f"  time: {wall}"
+        f"  time: {wall}" + _auto_line(r)
+    )
+
+
+def _auto_line(r: dict[str, Any]) -> str:
+    auto = r.get("rows_per_request_auto")
+    if not auto:
+        return ""
+    costs = ", ".join(f"{n}: ${usd}" for n, usd in auto["usd_per_1k_rows"].items())
+    return (
+        f"\n  rows_per_request auto: {auto['rows']} (USD per 1,000 rows by rows per request:"
+        f" {costs})"
     )

@@ -61,6 +61,16 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
                 "by_outcome": {k: usd(v) for k, v in by_outcome.items()},
             },
             "rows_paid_twice": store.rows_paid_twice(job),
+            "cache": _cache_view(store, job),
+            "models": {
+                m: {
+                    "calls": v["calls"],
+                    "rows": v["rows"],
+                    "usd": usd(v["usd"]),
+                    "usd_exact": str(v["usd"]),
+                }
+                for m, v in store.model_totals(job).items()
+            },
         }
         lanes = store.lane_totals(job)
         entry["lanes"] = {}
@@ -92,6 +102,26 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
         jobs.append(entry)
         total += t["usd"]
     return {"jobs": jobs, "total_usd": usd(total), "total_usd_exact": str(total)}
+
+
+def _changed(store: Store, job: str) -> int | None:
+    """Stored rows whose input no longer matches (None when the input cannot be read)."""
+    from pipeline.changed import changed_rows, stored_job
+
+    try:
+        return len(changed_rows(store, stored_job(store, job)))
+    except FlashpipeError:
+        return None
+
+
+def _cache_view(store: Store, job: str) -> dict[str, Any]:
+    """Rows answered from the cache and what they saved, at the lane the job would have used."""
+    c = store.cache_totals(job)
+    return {
+        "rows": c["rows"],
+        "saved_usd": usd(c["saved_usd"]),
+        "saved_usd_exact": str(c["saved_usd"]),
+    }
 
 
 def _price_dict(p: Prices) -> dict[str, str]:
@@ -128,6 +158,8 @@ def status_report(store: Store, name: str | None) -> dict[str, Any]:
                 "requests_per_min": round(t["requests"] / elapsed * 60, 1) if elapsed else None,
                 "usd": usd(t["usd"]),
                 "rows_paid_twice": store.rows_paid_twice(job),
+                "cache": _cache_view(store, job),
+                "changed_rows": _changed(store, job) if name is not None else None,
                 "lanes": {
                     lane: {"calls": lt["calls"], "rows": lt["rows"], "usd": usd(lt["usd"])}
                     for lane, lt in store.lane_totals(job).items()

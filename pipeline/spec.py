@@ -40,6 +40,9 @@ TOP_KEYS = {
     "pricing",
     "store",
     "batch",
+    "dedupe",
+    "cache",
+    "escalate",
     *TASKS,
 }
 
@@ -96,6 +99,16 @@ class BatchSpec:
     collect_seconds: float = 2.0  # how long a partial batch waits for more rows
     flex_sheds: int = 3  # auto lane: refusals by Flex before a row moves to Batch / Standard
     batch_hours: float = 24.0  # auto lane: Batch only while the deadline is further than this
+    stall_seconds: float = 86_400.0  # a batch unfinished this long moves its rows online
+
+
+@dataclass(frozen=True)
+class EscalateSpec:
+    """A second model for the rows the first could not answer."""
+
+    model: str
+    thinking: str | None = None  # None: the job's own
+    on: tuple[str, ...] = ("invalid", "failed")
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,8 @@ class Limits:
     concurrency: int | None = None  # None = auto
     rows_per_request: int = 1
     max_attempts: int = 6
+    retry_feedback: bool = True  # a retry after an invalid answer says what was wrong
+    auto_pack: bool = False  # rows_per_request = "auto": chosen at the start of each run
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,9 @@ class JobSpec:
     pricing: PricingOverride | None = None
     store_path: str | None = None
     batch: BatchSpec = field(default_factory=BatchSpec)
+    dedupe: bool = True  # rows whose request would be identical are sent once
+    cache: bool = True  # answers stored by any job are reused, and this job's are kept
+    escalate: EscalateSpec | None = None
     raw: str = "{}"  # the merged TOML document as JSON, stored with the job
 
     def identity(self) -> dict[str, Any]:
@@ -170,7 +188,7 @@ class JobSpec:
             "model": self.model,
             "input": {"path": self.input.path, "id": self.input.id, "text": self.input.text},
             self.task: asdict(task_cfg) if task_cfg is not None else None,
-            "rows_per_request": self.limits.rows_per_request,
+            "rows_per_request": "auto" if self.limits.auto_pack else self.limits.rows_per_request,
         }
 
     @property
@@ -280,6 +298,13 @@ def _num(t: Mapping[str, Any], key: str, full: str, default: float, minimum: flo
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
         raise _fail(full, value, f"a number >= {minimum}")
     return float(value)
+
+
+def _bool(t: Mapping[str, Any], key: str, full: str, default: bool) -> bool:
+    value = t.get(key, default)
+    if not isinstance(value, bool):
+        raise _fail(full, value, "true or false")
+    return value
 
 
 def _choice(t: Mapping[str, Any], key: str, full: str, default: str, options: Sequence[str]) -> str:
@@ -401,7 +426,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     lim = _table(
         doc,
         "limits",
-        {"rpm", "tpm", "rpd", "concurrency", "rows_per_request", "max_attempts"},
+        {"rpm", "tpm", "rpd", "concurrency", "rows_per_request", "max_attempts", "retry_feedback"},
     )
     conc = lim.get("concurrency", "auto")
     if conc == "auto":
@@ -410,6 +435,9 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         concurrency = conc
     else:
         raise _fail("limits.concurrency", conc, '"auto" or an integer from 1 to 4096')
+    auto_pack = lim.get("rows_per_request") == "auto"
+    if auto_pack:
+        lim = {k: v for k, v in lim.items() if k != "rows_per_request"}
     limits = Limits(
         rpm=_int(lim, "rpm", "limits.rpm", 4000),
         tpm=_int(lim, "tpm", "limits.tpm", 4_000_000),
@@ -417,6 +445,8 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         concurrency=concurrency,
         rows_per_request=_int(lim, "rows_per_request", "limits.rows_per_request", 1, 1),
         max_attempts=_int(lim, "max_attempts", "limits.max_attempts", 6, 1),
+        retry_feedback=_bool(lim, "retry_feedback", "limits.retry_feedback", True),
+        auto_pack=auto_pack,
     )
     if limits.rows_per_request > 200:
         raise _fail("limits.rows_per_request", limits.rows_per_request, "an integer from 1 to 200")
@@ -450,6 +480,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
             "collect_seconds",
             "flex_sheds",
             "batch_hours",
+            "stall_seconds",
         },
     )
     batch = BatchSpec(
@@ -461,6 +492,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         collect_seconds=_num(bt, "collect_seconds", "batch.collect_seconds", 2.0, 0.0),
         flex_sheds=_int(bt, "flex_sheds", "batch.flex_sheds", 3, 1),
         batch_hours=_num(bt, "batch_hours", "batch.batch_hours", 24.0, 0.0),
+        stall_seconds=_num(bt, "stall_seconds", "batch.stall_seconds", 86_400.0, 0.01),
     )
 
     store = _table(doc, "store", {"path"})
@@ -479,6 +511,14 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     else:
         task_cfg["custom"] = _custom(doc, base_dir)
 
+    dedupe = doc.get("dedupe", True)
+    if not isinstance(dedupe, bool):
+        raise _fail("dedupe", dedupe, "true or false")
+    cache = doc.get("cache", True)
+    if not isinstance(cache, bool):
+        raise _fail("cache", cache, "true or false")
+    escalate = _escalate(doc, lane, max_output) if "escalate" in doc else None
+
     return JobSpec(
         name=name,
         task=task,
@@ -490,9 +530,43 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         pricing=pricing,
         store_path=store_path,
         batch=batch,
+        dedupe=dedupe,
+        cache=cache,
+        escalate=escalate,
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )
+
+
+def _escalate(doc: Mapping[str, Any], lane: str, max_output: int) -> EscalateSpec:
+    t = _table(doc, "escalate", {"model", "thinking", "on"})
+    if "model" not in t:
+        raise SpecError(
+            'escalate.model: missing; expected the second model, e.g. "gemini-3-flash-preview"'
+        )
+    model = _str(t, "model", "escalate.model")
+    if lane == "batch":
+        raise _fail(
+            "provider.lane",
+            lane,
+            '"standard", "flex" or "auto" with [escalate] (escalation runs online)',
+        )
+    thinking = (
+        _choice(t, "thinking", "escalate.thinking", "minimal", THINKING)
+        if "thinking" in t
+        else None
+    )
+    on = t.get("on", ["invalid", "failed"])
+    if not isinstance(on, list) or not on or not set(on) <= {"invalid", "failed"}:
+        raise _fail("escalate.on", on, 'a non-empty list of "invalid" and "failed"')
+    cap = model_limits(model)
+    if max_output > cap.max_output:
+        raise _fail(
+            "provider.max_output_tokens",
+            max_output,
+            f"at most {cap.max_output:,}, the output cap of {model} ({cap.source})",
+        )
+    return EscalateSpec(model, thinking, tuple(dict.fromkeys(on)))
 
 
 def _vertex(prov: Mapping[str, Any], api: str, lane: str) -> dict[str, Any]:

@@ -87,6 +87,23 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS recovered BOOLEAN DEFAULT false;
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS lane VARCHAR DEFAULT 'standard';
+ALTER TABLE results ADD COLUMN IF NOT EXISTS answered_by VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS request_key VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS input_hash VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS from_cache BOOLEAN DEFAULT false;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS saved_usd DECIMAL(38, 12) DEFAULT 0;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS model VARCHAR;
+CREATE TABLE IF NOT EXISTS answers (
+    request_key VARCHAR PRIMARY KEY,
+    output JSON NOT NULL,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    thinking_tokens BIGINT,
+    cached_tokens BIGINT,
+    job VARCHAR,
+    row_id VARCHAR,
+    created_at TIMESTAMPTZ
+);
 CREATE TABLE IF NOT EXISTS batches (
     job VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
@@ -135,6 +152,12 @@ RESULT_SCHEMA = pa.schema(
         ("cost_usd", COST),
         ("kept", pa.string()),
         ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("answered_by", pa.string()),
+        ("request_key", pa.string()),
+        ("input_hash", pa.string()),
+        ("from_cache", pa.bool_()),
+        ("saved_usd", COST),
+        ("model", pa.string()),
     ]
 )
 CALL_SCHEMA = pa.schema(
@@ -187,6 +210,12 @@ class ResultRecord:
     cost_usd: Decimal
     kept: dict[str, Any] | None
     finished_at: datetime
+    answered_by: str | None = None  # the row whose request answered this one (dedupe)
+    request_key: str | None = None  # the request's content address
+    input_hash: str | None = None  # the hash of what the row sent
+    from_cache: bool = False  # answered from the store's answers, nothing sent
+    saved_usd: Decimal = Decimal(0)  # what a cached answer would have cost to ask again
+    model: str | None = None  # the model whose answer this is
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +493,9 @@ class Store:
                 self.con.execute("INSERT INTO calls SELECT * FROM _calls")
             if results:
                 self.con.register("_results", _results_table(job, results))
-                self.con.execute(f"INSERT INTO results SELECT * FROM _results{conflict}")
+                self.con.execute(f"INSERT INTO results BY NAME SELECT * FROM _results{conflict}")
+                if any(r.request_key is not None for r in results):
+                    self.con.execute(_KEEP_ANSWERS, [now])
             self.con.execute("COMMIT")
         finally:
             for name in ("_calls", "_results"):
@@ -608,6 +639,74 @@ class Store:
             self.con.unregister("_calls")
         return int(added)
 
+    def cached_answers(self, keys: Sequence[str]) -> dict[str, tuple[str, Usage]]:
+        """For the request keys found in `answers`: key -> (output JSON, tokens it took)."""
+        if not keys:
+            return {}
+        self.con.register("_keys", pa.table({"k": pa.array(keys, pa.string())}))
+        try:
+            rows = self.con.execute(
+                "SELECT a.request_key, a.output, a.input_tokens, a.cached_tokens,"
+                " a.output_tokens, a.thinking_tokens FROM answers a"
+                " SEMI JOIN _keys k ON a.request_key = k.k"
+            ).fetchall()
+        finally:
+            self.con.unregister("_keys")
+        return {
+            r[0]: (r[1], Usage(int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0)))
+            for r in rows
+        }
+
+    def model_totals(self, job: str) -> dict[str, dict[str, Any]]:
+        """Per model: calls, USD and the rows whose stored answer is that model's."""
+        out: dict[str, dict[str, Any]] = {}
+        for model, calls, cost in self.con.execute(
+            "SELECT coalesce(model, '?'), count(*), coalesce(sum(cost_usd), 0) FROM calls"
+            " WHERE job = ? GROUP BY 1 ORDER BY 1",
+            [job],
+        ).fetchall():
+            out[str(model)] = {"calls": int(calls), "usd": Decimal(cost), "rows": 0}
+        for model, rows in self.con.execute(
+            "SELECT model, count(*) FROM results WHERE job = ? AND model IS NOT NULL GROUP BY 1",
+            [job],
+        ).fetchall():
+            out.setdefault(str(model), {"calls": 0, "usd": Decimal(0), "rows": 0})["rows"] = rows
+        return out
+
+    def cache_totals(self, job: str) -> dict[str, Any]:
+        """Rows of a job answered from the cache, and what asking again would have cost."""
+        n, saved = self.con.execute(
+            "SELECT count(*), coalesce(sum(saved_usd), 0) FROM results"
+            " WHERE job = ? AND from_cache",
+            [job],
+        ).fetchall()[0]
+        return {"rows": int(n), "saved_usd": Decimal(saved)}
+
+    def changed_ids(self, job: str, ids: Sequence[str], hashes: Sequence[str]) -> list[str]:
+        """Of these rows, those stored with a different input hash."""
+        cand = pa.table({"row_id": pa.array(ids, pa.string()), "h": pa.array(hashes, pa.string())})
+        self.con.register("_cand", cand)
+        try:
+            rows = self.con.execute(
+                "SELECT r.row_id FROM results r JOIN _cand c ON r.row_id = c.row_id"
+                " WHERE r.job = ? AND r.input_hash IS NOT NULL AND r.input_hash <> c.h",
+                [job],
+            ).fetchall()
+        finally:
+            self.con.unregister("_cand")
+        return [str(r[0]) for r in rows]
+
+    def requeue_rows(self, job: str, row_ids: Sequence[str]) -> int:
+        """Drop these rows' results, so the next run sends them again."""
+        self.con.register("_ids", pa.table({"row_id": pa.array(row_ids, pa.string())}))
+        try:
+            self.con.execute(
+                "DELETE FROM results WHERE job = ? AND row_id IN (SELECT row_id FROM _ids)", [job]
+            )
+        finally:
+            self.con.unregister("_ids")
+        return len(row_ids)
+
     def requeue(self, job: str, statuses: Sequence[str]) -> int:
         count = self.con.execute(
             "SELECT count(*) FROM results WHERE job = ? AND list_contains(?, status)",
@@ -659,11 +758,13 @@ class Store:
         return {str(s): int(n) for s, n in rows}
 
     def rows_paid_twice(self, job: str) -> int:
-        """Rows answered (and billed) in a call a killed run lost before storing it."""
+        """Rows answered (and billed) in a call a killed run lost before storing it, or in a
+        stalled batch that answered after its rows were answered online."""
         return int(
             self.con.execute(
                 "SELECT count(DISTINCT rid) FROM (SELECT unnest(row_ids) AS rid FROM calls"
-                " WHERE job = ? AND recovered AND outcome IN ('ok', 'blocked'))",
+                " WHERE job = ? AND ((recovered AND outcome IN ('ok', 'blocked'))"
+                " OR outcome = 'paid_twice'))",
                 [job],
             ).fetchall()[0][0]
         )
@@ -757,6 +858,16 @@ def kept_json(kept: Mapping[str, Any]) -> str:
     return orjson.dumps(kept, default=_json_default).decode()
 
 
+# ok answers by request key; a copy stored in the same commit adds its share back, so the
+# tokens are what one sending of the request took per row
+_KEEP_ANSWERS = (
+    "INSERT INTO answers SELECT request_key, any_value(output), sum(input_tokens),"
+    " sum(output_tokens), sum(thinking_tokens), sum(cached_tokens), any_value(job),"
+    " min(row_id), ? FROM _results WHERE status = 'ok' AND request_key IS NOT NULL"
+    " AND NOT from_cache GROUP BY request_key ON CONFLICT DO NOTHING"
+)
+
+
 def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
     return pa.table(
         {
@@ -776,6 +887,12 @@ def _results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
             "cost_usd": [r.cost_usd.quantize(_Q) for r in records],
             "kept": [kept_json(r.kept) if r.kept else None for r in records],
             "finished_at": [r.finished_at for r in records],
+            "answered_by": [r.answered_by for r in records],
+            "request_key": [r.request_key for r in records],
+            "input_hash": [r.input_hash for r in records],
+            "from_cache": [r.from_cache for r in records],
+            "saved_usd": [r.saved_usd.quantize(_Q) for r in records],
+            "model": [r.model for r in records],
         },
         schema=RESULT_SCHEMA,
     )

@@ -151,7 +151,11 @@ def test_auto_lane_moves_rows_flex_keeps_refusing_to_batch(
         sim2,
         src,
         name="t2",
-        extra={"provider": {"lane": "auto", "deadline": "2h"}, "batch": {"flex_sheds": 2}},
+        extra={
+            "provider": {"lane": "auto", "deadline": "2h"},
+            "batch": {"flex_sheds": 2},
+            "cache": False,  # the same rows again: sent, not taken from the first job's answers
+        },
     )
     run_sync(spec2, db)
     lanes2 = dict(

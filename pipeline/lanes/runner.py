@@ -12,6 +12,7 @@ batch, up to `limits.max_attempts`.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from pipeline.budget import Budget
-from pipeline.dispatch import Dispatcher, RowState, StopDispatch
+from pipeline.dispatch import Dispatcher, Outcome, RowState, StopDispatch
 from pipeline.lanes.api import (
     CANCELLED,
     EXPIRED,
@@ -50,6 +51,8 @@ T = TypeVar("T")
 log = logging.getLogger("flashpipe")
 SUBMIT_TRIES = 6
 MAX_COLLECT = 30.0  # seconds a buffered row waits at most for its batch to fill
+DEADLINE_MARGIN = 600.0  # what Flex needs at least before the deadline; Standard below it
+PAID_TWICE = "paid_twice"  # a call outcome: billed, its rows already answered another way
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class LocalBatch:
     groups: list[list[RowState]]
     reserved: Decimal
     provider_name: str | None = None
+    moved: bool = False  # stalled: its rows went online; a late answer is paid twice
 
 
 @dataclass
@@ -77,6 +81,7 @@ class LaneStats:
     expired: int = 0
     failed: int = 0
     rows_sent: int = 0
+    stalled: int = 0
 
 
 class BatchRunner:
@@ -99,15 +104,17 @@ class BatchRunner:
         max_poll_seconds: float,
         collect_seconds: float,
         max_attempts: int,
+        stall_seconds: float = 86_400.0,
     ):
         self.job = job
+        self.stall_seconds = stall_seconds
         self.run_no = run_no
         self.api = api
         self.provider = provider
         self.d = dispatcher
         self.store = store
         self.budget = budget
-        self.out: ObjectSendStream[BatchOutcome] | None = None
+        self.out: ObjectSendStream[BatchOutcome | Outcome] | None = None
         self.stopping = stopping
         self.request_stop = request_stop
         self.rows_per_batch = rows_per_batch
@@ -131,7 +138,7 @@ class BatchRunner:
     async def run(
         self,
         items: ObjectReceiveStream[list[Row]] | ObjectReceiveStream[list[RowState]],
-        out: ObjectSendStream[BatchOutcome],
+        out: ObjectSendStream[BatchOutcome | Outcome],
     ) -> None:
         """Resume open batches, then batch what arrives until the stream ends and every
         batch of this run is finished (or the job stops). Outcomes go to the writer."""
@@ -264,8 +271,11 @@ class BatchRunner:
                 return
             remote = await self._poll(batch)
             if remote is None:
-                return  # stopping: the next run polls it again
-            await self._finish(batch, prompts, remote)
+                return  # stopping: the next run polls it again (or a stalled batch gave up)
+            if batch.moved:
+                await self._finish_late(batch, remote)
+            else:
+                await self._finish(batch, prompts, remote)
         except StopDispatch as stop:
             self.request_stop(stop.reason, str(stop))
         finally:
@@ -327,6 +337,8 @@ class BatchRunner:
         assert batch.provider_name is not None
         interval = self.poll_seconds
         last_state = ""
+        started = time.monotonic()
+        grace = 0.0
         while not self.stopping():
             try:
                 remote = await self.api.get(batch.provider_name)
@@ -342,6 +354,17 @@ class BatchRunner:
                     )
                 if remote.state in FINISHED:
                     return remote
+            waited = time.monotonic() - started
+            if not batch.moved and self._stalled(waited):
+                await self._move_online(batch, waited)
+                # watched as long again as it was pending (never past the deadline): a
+                # later answer is not seen by this run
+                grace = min(waited, self._deadline_left())
+                started = time.monotonic()
+            elif batch.moved and waited >= grace:
+                self.budget.settle(batch.reserved, Decimal(0))
+                log.warning("batch %s never answered; stopped watching it", batch.batch_id)
+                return None
             await anyio.sleep(interval)
             interval = min(self.max_poll_seconds, interval * 1.5)
         return None
@@ -398,6 +421,82 @@ class BatchRunner:
             retry_rows,
         )
         self._requeue(again)
+
+    def _deadline_left(self) -> float:
+        deadline = self.d.deadline
+        return math.inf if deadline is None else (deadline - now_utc()).total_seconds()
+
+    def _stalled(self, waited: float) -> bool:
+        """Pending too long, or too close to the job's deadline for the batch to finish (its
+        rows then still have time for Flex)."""
+        return waited >= self.stall_seconds or self._deadline_left() < 2 * DEADLINE_MARGIN
+
+    async def _move_online(self, batch: LocalBatch, waited: float) -> None:
+        """A stalled batch: close it in the store and run its rows on Flex (Standard when the
+        deadline is under DEADLINE_MARGIN away). The batch is still watched for a while, so a
+        late answer is counted."""
+        batch.moved = True
+        self.stats.stalled += 1
+        rows = sum(len(g) for g in batch.groups)
+        why = f"still unfinished after {waited:.0f} s; its {rows} rows moved online"
+        log.warning("batch %s %s", batch.batch_id, why)
+        assert self.out is not None
+        # closed before the rows go online: a run killed from here on reads them as to do
+        await self.out.send(
+            BatchOutcome([], [], BatchClose(batch.batch_id, "stalled", 0, rows, why))
+        )
+        near = self._deadline_left() < DEADLINE_MARGIN
+        out = self.out
+
+        async def emit(outcome: Outcome) -> None:
+            await out.send(outcome)
+
+        limit = anyio.CapacityLimiter(64)
+
+        async def one(group: list[RowState]) -> None:
+            async with limit:
+                for state in group:
+                    state.tier = None if near else "flex"
+                await self.d.take(group, emit)
+
+        async with anyio.create_task_group() as tg:
+            for group in batch.groups:
+                tg.start_soon(one, group)
+
+    async def _finish_late(self, batch: LocalBatch, remote: RemoteBatch) -> None:
+        """A stalled batch answered after its rows were answered online: every billed answer
+        is stored as a call paid twice, and no result changes."""
+        answers: dict[str, Reply] = {}
+        if remote.state in (SUCCEEDED, EXPIRED, CANCELLED):
+            answers = await self._retrying(lambda: self.api.results(remote), "results")
+        calls: list[CallRecord] = []
+        cost = Decimal(0)
+        started = now_utc()
+        for i, group in enumerate(batch.groups):
+            reply = answers.get(str(i))
+            if reply is None:
+                continue
+            call_cost = cost_usd(reply.usage, self.prices)
+            cost += call_cost
+            calls.append(
+                self.d.call_record(
+                    group,
+                    reply,
+                    PAID_TWICE,
+                    "answered after its rows were answered online",
+                    started,
+                    0.0,
+                    "batch",
+                    call_cost,
+                    call_id=f"{batch.batch_id}:{i}",
+                )
+            )
+        self.budget.settle(batch.reserved, cost)
+        why = f"answered late ({len(calls)} requests paid twice)"
+        close = BatchClose(batch.batch_id, remote.state, 0, 0, why)
+        assert self.out is not None
+        await self.out.send(BatchOutcome(calls, [], close))
+        log.warning("batch %s %s", batch.batch_id, why)
 
     def _charge(self, group: list[RowState], reply: Reply) -> Decimal:
         cost = cost_usd(reply.usage, self.prices)

@@ -5,7 +5,9 @@ Shapes follow the recordings: states BATCH_STATE_* on the wire, int64 counters a
 inline answers under metadata.output.inlinedResponses.inlinedResponses (and a copy under
 response), file answers in metadata.output.responsesFile, output lines {key, response|error}.
 A batch finishes `batch_seconds` after it was created; `batch_faults` are consumed one per
-created batch: "ok", "expire", "fail" or "invalid=0.03" (that share of answers breaks schema).
+created batch: "ok", "expire", "fail" or "invalid=0.03" (that share of answers breaks schema),
+"stall" / "stall=SECONDS" (held PENDING for ever / that much longer, then answered, billed) or
+"lie" (reported SUCCEEDED with every line failed, nothing billed).
 """
 
 from __future__ import annotations
@@ -293,10 +295,13 @@ class Batches:
             return
         age = time.time() - job.created
         delay = self.sim.cfg.batch_seconds
-        if age < delay * 0.3:
+        hold = 0.0
+        if job.fault.startswith("stall"):
+            hold = float(job.fault.split("=", 1)[1]) if "=" in job.fault else float("inf")
+        if age < delay * 0.3 + hold:
             job.state = "pending"
             return
-        if age < delay:
+        if age < delay + hold:
             job.state = "running"
             return
         job.ended = time.time()
@@ -306,8 +311,19 @@ class Batches:
         if job.fault == "fail":
             job.state = "failed"
             return
-        self._run(job)
+        if job.fault == "lie":
+            self._lie(job)
+        else:
+            self._run(job)
         job.state = "succeeded"
+
+    def _lie(self, job: Job) -> None:
+        """Succeeded, says the batch; every line holds an error and nothing is billed."""
+        job.failed = len(job.lines)
+        self._keep_outputs(
+            job,
+            [self._line_error(job, k, "Internal error encountered.", 500) for k, _ in job.lines],
+        )
 
     def _run(self, job: Job) -> None:
         """Answer every line once (billed in the ledger at the batch lane)."""
@@ -354,6 +370,9 @@ class Batches:
                         "error": None,
                     }
                 )
+        self._keep_outputs(job, outputs)
+
+    def _keep_outputs(self, job: Job, outputs: list[dict[str, Any]]) -> None:
         job.outputs = outputs
         if not job.inline:
             tag = job.name.split("/")[-1]
@@ -362,17 +381,16 @@ class Batches:
             self.files[name] = SimFile(name, f"batch-{tag}", "application/jsonl", data, time.time())
             job.output_file = name
 
-    def _line_error(self, job: Job, k: str, message: str) -> dict[str, Any]:
+    def _line_error(self, job: Job, k: str, message: str, code: int = 400) -> dict[str, Any]:
         if job.api == "gemini":
-            return {
-                "key": k,
-                "error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"},
-            }
-        err = {"message": message, "type": "invalid_request_error", "code": None}
+            status = "INVALID_ARGUMENT" if code == 400 else "INTERNAL"
+            return {"key": k, "error": {"code": code, "message": message, "status": status}}
+        kind = "invalid_request_error" if code == 400 else "server_error"
+        err = {"message": message, "type": kind, "code": None}
         return {
             "id": "batch_req_x",
             "custom_id": k,
-            "response": {"status_code": 400, "request_id": "req_x", "body": {"error": err}},
+            "response": {"status_code": code, "request_id": "req_x", "body": {"error": err}},
             "error": None,
         }
 

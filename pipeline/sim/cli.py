@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> Config:
         "--batch-fault",
         action="append",
         default=[],
-        metavar="ok|expire|fail|invalid=SHARE",
+        metavar="ok|expire|fail|invalid=SHARE|stall[=SECONDS]|lie",
         help="the fate of the next created batch (repeat: one per batch, in order)",
     )
     p.add_argument(
@@ -57,8 +57,14 @@ def parse_args(argv: list[str] | None) -> Config:
     except ValueError as e:
         p.error(str(e))
     for fate in a.batch_fault:
-        if fate not in ("ok", "expire", "fail") and not fate.startswith("invalid="):
-            p.error(f"--batch-fault {fate!r}: expected ok, expire, fail or invalid=SHARE")
+        number = fate.partition("=")[2]
+        if fate not in ("ok", "expire", "fail", "stall", "lie") and not (
+            fate.startswith(("invalid=", "stall=")) and number.replace(".", "", 1).isdigit()
+        ):
+            p.error(
+                f"--batch-fault {fate!r}: expected ok, expire, fail, invalid=SHARE,"
+                " stall[=SECONDS] or lie"
+            )
     return Config(
         host=a.host,
         port=a.port,

@@ -127,13 +127,28 @@ def prompt_tokens(req: Req) -> tuple[int, int]:
     return system + tokens.count(req.user) + schema, system
 
 
+FEEDBACK = "your previous answer was rejected"
+
+
+def heeds(user: str) -> bool:
+    """A model that follows feedback: the request says why its previous answer was rejected."""
+    return FEEDBACK in user.lower()
+
+
+def strip_feedback(user: str) -> str:
+    """The row's own text, without the note about a rejected answer a retry appends: fault
+    markers count sends of a row, and the ledger names rows, by it."""
+    cut = user.lower().find("\n\n---\n" + FEEDBACK)
+    return user if cut < 0 else user[:cut]
+
+
 def unpacked_texts(req: Req) -> list[str]:
     """Texts to scan for fault markers: the packed items' texts, else the user text."""
     if req.schema is not None and req.schema.packed_item is not None and "[[sim:" in req.user:
         items = model.unpack(req.user)
         if items is not None:
             return [str(i.get("text", "")) for i in items]
-    return [req.user]
+    return [strip_feedback(req.user)]
 
 
 def generate(req: Req, fault: str | None, drop: frozenset[str], cached: int) -> Result:
@@ -149,7 +164,9 @@ def generate(req: Req, fault: str | None, drop: frozenset[str], cached: int) -> 
             req.schema,
             req.system,
             req.user,
-            bad_enum=fault == "bad_enum",
+            bad_enum=fault == "bad_enum"
+            or (fault == "stubborn_enum" and not heeds(req.user))
+            or (fault == "lite_enum" and "lite" in req.model),
             drop_placeholder=fault == "drop_placeholder",
             drop=drop,
         )

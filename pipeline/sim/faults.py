@@ -24,6 +24,8 @@ FAULTS = (
     "prompt_blocked",
     "max_tokens",
     "bad_enum",
+    "stubborn_enum",  # bad_enum on every send, until the request says why it was rejected
+    "lite_enum",  # bad_enum from a Flash-Lite model (its id says "lite"), right from any other
     "bad_json",
     "drop_placeholder",
     "drop_item",

@@ -135,7 +135,9 @@ class Sim:
                 "lane": lane,
                 "http": lane != "batch",
                 "response_id": rid,
-                "text_hash": hashlib.blake2b(req.user.encode(), digest_size=8).hexdigest(),
+                "text_hash": hashlib.blake2b(
+                    core.strip_feedback(req.user).encode(), digest_size=8
+                ).hexdigest(),
                 **(
                     {"channel": "vertex", "token": req.token, "labels": req.labels}
                     if req.vertex

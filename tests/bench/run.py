@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.bench import limiter, speed, state, ui
+from tests.bench import limiter, reuse, speed, state, ui
 from tests.bench.report import Section, summary, write
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
@@ -36,6 +36,13 @@ BENCHES: list[tuple[str, str, Callable[[Section], None]]] = [
     ("peers", "11. Peers", speed.bench_peers),
     ("limiter", "12. Limiter: aiolimiter vs flashpipe's own", limiter.bench_limiter),
     ("ui", "13. UI: pages of `flashpipe ui` on a 1M-row store", ui.bench_ui),
+    ("dedupe", "14. Dedupe (20,000 rows, 60 % repeated texts)", reuse.bench_dedupe),
+    (
+        "feedback",
+        "15. Retries with feedback (2,000 rows, 5 % answered invalidly)",
+        reuse.bench_feedback,
+    ),
+    ("autopack", "16. rows_per_request auto vs fixed packings (demo jobs)", reuse.bench_autopack),
 ]
 # mostly idle (a few requests per second): run alongside the others to save wall time
 # CPU- or latency-bound: nothing else runs beside them (resume start read 2.28 s beside the
