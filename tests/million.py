@@ -50,7 +50,9 @@ def make_store(db: Path, rows: int = 1_000_000) -> Path:
         )
         labels = "['" + "', '".join(LABELS) + "']"
         con.execute(
-            "INSERT INTO results SELECT ?, " + rid + ", 'line:' || (i + 1),"
+            "INSERT INTO results (job, row_id, pos, status, output, error, attempts,"
+            " input_tokens, output_tokens, thinking_tokens, cached_tokens, cost_usd, kept,"
+            " finished_at) SELECT ?, " + rid + ", 'line:' || (i + 1),"
             " CASE WHEN i % 97 = 0 THEN 'failed' WHEN i % 211 = 0 THEN 'invalid' ELSE 'ok' END,"
             f" CASE WHEN i % 97 = 0 OR i % 211 = 0 THEN NULL ELSE"
             f" '{{\"label\": \"' || {labels}[i % 5 + 1] || '\"}}' END,"
@@ -63,7 +65,11 @@ def make_store(db: Path, rows: int = 1_000_000) -> Path:
             [JOB],
         )
         con.execute(
-            "INSERT INTO calls SELECT ?, 'c' || i, [" + rid + "], 1,"
+            "INSERT INTO calls (job, call_id, row_ids, attempt, started_at, latency_ms, http_status,"
+            " outcome, error, input_tokens, output_tokens, thinking_tokens, cached_tokens,"
+            " cost_usd, model, model_version, response_id, recovered, lane) SELECT ?, 'c' || i, ["
+            + rid
+            + "], 1,"
             " TIMESTAMPTZ '2026-11-30 10:00:00+00' + to_milliseconds(i * 3 - 400),"
             " 150 + (i * 7919) % 900, 200, 'ok', NULL, 120 + i % 50, 6, 0, 0,"
             " 0.0000125 + (i % 50) * 0.0000001, 'gemini-3.1-flash-lite-preview', NULL, 'r' || i,"
@@ -71,7 +77,11 @@ def make_store(db: Path, rows: int = 1_000_000) -> Path:
             [JOB],
         )
         con.execute(
-            "INSERT INTO calls SELECT ?, 'l' || i, [" + rid + "], 0,"
+            "INSERT INTO calls (job, call_id, row_ids, attempt, started_at, latency_ms, http_status,"
+            " outcome, error, input_tokens, output_tokens, thinking_tokens, cached_tokens,"
+            " cost_usd, model, model_version, response_id, recovered, lane) SELECT ?, 'l' || i, ["
+            + rid
+            + "], 0,"
             " TIMESTAMPTZ '2026-11-30 10:00:00+00' + to_milliseconds(i * 3 - 900),"
             " 40, 429, 'rate_limited', 'HTTP 429', 0, 0, 0, 0, 0, 'gemini-3.1-flash-lite-preview',"
             f" NULL, NULL, false, 'standard' FROM range(0, {rows}, 50) t(i)",

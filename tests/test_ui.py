@@ -129,6 +129,7 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 f'provider.base_url="{sim.base_url("gemini")}"',
                 'name="tickets-batch"',
                 'provider.lane="batch"',
+                "cache=false",  # the same tickets as the demo job: the cache would answer all
                 "batch.poll_seconds=0.25",
                 "batch.max_poll_seconds=1",
             ],
