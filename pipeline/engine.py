@@ -26,10 +26,17 @@ import orjson
 import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from pipeline.breaker import Breaker, BreakerConfig
 from pipeline.budget import Budget
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
-from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.errors import (
+    BudgetExhausted,
+    Interrupted,
+    ProviderStop,
+    ProviderUnreachable,
+    SpecError,
+)
 from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.lanes.api import BatchApi
 from pipeline.lanes.gemini_batch import GeminiBatchApi
@@ -166,6 +173,7 @@ class JobRun:
             deadline=parse_deadline(deadline, now_utc()) if deadline else None,
             flex_sheds=spec.batch.flex_sheds,
             batch_hours=spec.batch.batch_hours,
+            breaker=Breaker(BreakerConfig(limit_s=spec.limits.outage_minutes * 60), time.monotonic),
         )
         self.batches: BatchRunner | None = None
         if self.lane in ("batch", "auto"):
@@ -404,6 +412,7 @@ class JobRun:
             self.stats.in_flight = self.in_flight.borrowed_tokens
             self.stats.rpm_current = self.flow.current_rpm
             self.stats.shed = self.dispatcher.shed
+            self.stats.outage = outage_snapshot(self.dispatcher)
             if self.batches is not None:
                 lane = self.batches.stats
                 self.stats.batches_open = lane.submitted - lane.finished
@@ -443,6 +452,24 @@ class JobRun:
                 else:
                     self.hard_stop = True
                     workers.cancel()
+
+
+def outage_snapshot(dispatcher: Dispatcher) -> dict[str, Any] | None:
+    """The outage as the progress line and `status` show it, or None while calls flow."""
+    outage = dispatcher.breaker.outage()
+    if outage is None:
+        return None
+    now = time.monotonic()
+    since = time.time() - (now - outage.since)
+    probing = dispatcher.breaker.state.value == "probing"
+    return {
+        "since": time.strftime("%H:%M:%S", time.localtime(since)),
+        "since_unix": round(since, 3),
+        "next_probe_s": None if probing else max(0, round(outage.next_probe_at - now)),
+        "probes": outage.probes,
+        "cause": outage.cause,
+        "url": dispatcher.provider.url(),
+    }
 
 
 def _invalid_result(row_id: str, row: Row, reason: str, keep: tuple[str, ...]) -> ResultRecord:
@@ -701,6 +728,7 @@ async def _finish(run: JobRun, thread: StoreThread) -> None:
         "interrupted": "interrupted",
         "budget": "budget_exhausted",
         "provider": "stopped",
+        "outage": "stopped",
     }.get(reason, "stopped")
     run.stats.state = state
     try:
@@ -723,3 +751,5 @@ async def _finish(run: JobRun, thread: StoreThread) -> None:
         )
     if reason == "provider":
         raise ProviderStop(f"job {run.spec.name!r} stopped by the provider: {run.stop_message}")
+    if reason == "outage":
+        raise ProviderUnreachable(f"job {run.spec.name!r} stopped: {run.stop_message}")

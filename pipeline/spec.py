@@ -99,6 +99,11 @@ class Limits:
     concurrency: int | None = None  # None = auto
     rows_per_request: int = 1
     max_attempts: int = 6
+    # an outage (provider unreachable or answering nearly all 5xx) pauses the job; past this
+    # many minutes the job stops, resumable, with every row still pending
+    outage_minutes: float = 15.0
+    # a job that ends with more than this share of its rows failed exits 7, not 0
+    max_failed_share: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -368,7 +373,16 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     lim = _table(
         doc,
         "limits",
-        {"rpm", "tpm", "rpd", "concurrency", "rows_per_request", "max_attempts"},
+        {
+            "rpm",
+            "tpm",
+            "rpd",
+            "concurrency",
+            "rows_per_request",
+            "max_attempts",
+            "outage_minutes",
+            "max_failed_share",
+        },
     )
     conc = lim.get("concurrency", "auto")
     if conc == "auto":
@@ -384,7 +398,11 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         concurrency=concurrency,
         rows_per_request=_int(lim, "rows_per_request", "limits.rows_per_request", 1, 1),
         max_attempts=_int(lim, "max_attempts", "limits.max_attempts", 6, 1),
+        outage_minutes=_num(lim, "outage_minutes", "limits.outage_minutes", 15.0, 0.01),
+        max_failed_share=_num(lim, "max_failed_share", "limits.max_failed_share", 0.1),
     )
+    if limits.max_failed_share > 1:
+        raise _fail("limits.max_failed_share", limits.max_failed_share, "a number from 0 to 1")
     if limits.rows_per_request > 200:
         raise _fail("limits.rows_per_request", limits.rows_per_request, "an integer from 1 to 200")
 
