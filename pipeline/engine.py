@@ -32,6 +32,7 @@ from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import (
     BudgetExhausted,
+    FlashpipeError,
     Interrupted,
     ProviderStop,
     ProviderUnreachable,
@@ -56,6 +57,7 @@ from pipeline.store import (
     ResultRecord,
     Store,
     StoreThread,
+    check_writable,
     now_utc,
     runner_id,
 )
@@ -616,6 +618,7 @@ async def run_job(
             "(export your key, or use --sim)"
         )
     rows_total, exact = count_rows_fast(spec.input)
+    check_writable(db_path)  # a full or read-only disk stops here, before any request
     store = Store(db_path, for_run=True)
     thread = StoreThread(store)
     progress = progress or ProgressReporter(quiet=True)
@@ -623,6 +626,7 @@ async def run_job(
     started = time.monotonic()
     run: JobRun | None = None
     journal: CallJournal | None = None
+    failed: BaseException | None = None
     try:
         if restart:
             await thread.run(store.drop_job, spec.name)
@@ -654,12 +658,23 @@ async def run_job(
         run.stats.rows_total_exact = exact
         run.stats.rows_before = done_before
         with fewer_gc_passes():
-            await _run_stages(run, handle_signals)
+            try:
+                await _run_stages(run, handle_signals)
+            except BaseExceptionGroup as group:
+                raise _one_error(group) from None
+    except BaseException as exc:
+        failed = exc
+        raise
     finally:
         await transport.aclose()
         try:
-            if run is not None:
+            if run is not None and failed is None:
                 await _finish(run, thread)  # raises the stop (budget, provider, interrupt)
+            elif run is not None:
+                # the run already failed (a full disk, most likely): record what can be
+                # recorded, and let the first error be the one the user reads
+                with contextlib.suppress(Exception):
+                    await _finish(run, thread)
         finally:
             thread.close()
             status_path(db_path).unlink(missing_ok=True)
@@ -675,6 +690,23 @@ async def run_job(
         time.monotonic() - started,
         view,
     )
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should read from a task group's failure: the first FlashpipeError
+    (a store fault, say), else the group itself (a bug: reported as one)."""
+    for exc in _leaves(group):
+        if isinstance(exc, FlashpipeError):
+            return exc
+    return group
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 async def _run_stages(run: JobRun, handle_signals: bool) -> None:

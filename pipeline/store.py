@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import os
 import re
 import socket
@@ -247,6 +248,66 @@ def resolve_path(cli_path: str | None, spec_path: str | None = None) -> str:
     return cli_path or os.environ.get("FLASHPIPE_DB") or spec_path or DEFAULT_PATH
 
 
+# What a user can act on, from an OSError's errno or the text DuckDB copies from strerror()
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "the file or its directory is gone",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EIO: "input/output error",
+}
+_CAUSE_TEXT = {
+    "no space left on device": _CAUSES[errno.ENOSPC],
+    "disk quota exceeded": _CAUSES[errno.EDQUOT],
+    "read-only file system": _CAUSES[errno.EROFS],
+    "no such file or directory": _CAUSES[errno.ENOENT],
+    "permission denied": _CAUSES[errno.EACCES],
+    "input/output error": _CAUSES[errno.EIO],
+}
+AFTER_FAULT = "nothing stored is lost; fix it and run the job again to resume"
+
+
+def fault_cause(exc: BaseException) -> str:
+    """One short cause for a failed store or journal operation."""
+    if isinstance(exc, OSError) and exc.errno in _CAUSES:
+        return _CAUSES[exc.errno]
+    text = str(exc)
+    low = text.lower()
+    for needle, cause in _CAUSE_TEXT.items():
+        if needle in low:
+            return cause
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def store_fault(path: str, action: str, exc: BaseException) -> StoreError:
+    """`store 'x.duckdb': cannot write results: no space left on device; ...` as one line."""
+    return StoreError(f"store {path!r}: cannot {action}: {fault_cause(exc)}; {AFTER_FAULT}")
+
+
+def check_writable(path: str) -> None:
+    """Before anything is sent: the store's directory exists and takes a write."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise StoreError(f"store {path!r}: its directory {str(folder)!r} does not exist")
+    probe = folder / f".{Path(path).name}.{os.getpid()}.probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(
+            f"store {path!r}: its directory {str(folder)!r} is not writable: {fault_cause(exc)}"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def _holder(message: str) -> str:
     match = re.search(r"PID (\d+)", message)
     return f"process {match.group(1)}" if match else "another process"
@@ -290,7 +351,7 @@ class Store:
                     f"store {path!r} is busy: {who} is writing to it; "
                     f"`flashpipe status` reads its live snapshot"
                 ) from None
-            raise StoreError(f"store {path!r} cannot be opened: {text.splitlines()[0]}") from None
+            raise StoreError(f"store {path!r} cannot be opened: {fault_cause(exc)}") from None
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"store {path!r} is unusable: {first}") from None
@@ -433,11 +494,10 @@ class Store:
             except duckdb.ConstraintException:
                 self.con.execute("ROLLBACK")
                 self._write(job, results, calls, closes, " ON CONFLICT DO NOTHING")
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError) as exc:
             with contextlib.suppress(duckdb.Error):
                 self.con.execute("ROLLBACK")
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StoreError(f"store {self.path!r}: cannot write results: {first}") from None
+            raise store_fault(self.path, "write results", exc) from None
 
     def _write(
         self,
@@ -756,8 +816,15 @@ class StoreThread:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flashpipe-store")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        """Run fn on the store's thread; a disk or file fault becomes one StoreError line."""
+        try:
+            return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        except (duckdb.Error, OSError) as exc:
+            action = getattr(fn, "__name__", "use the store").replace("_", " ")
+            raise store_fault(self.store.path, action, exc) from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self.store.close()
+        # a connection a disk fault invalidated has nothing left to save
+        with contextlib.suppress(duckdb.Error):
+            self.store.close()
