@@ -36,5 +36,5 @@ sim: $(STAMP) ## serve the hostile simulator on :8765 until Ctrl-C
 	$(VENV)/bin/flashpipe sim --port 8765 --profile hostile --rpm 600
 
 clean: ## remove the venv, caches and demo stores
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.duckdb* *.duckdb *.duckdb.wal
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.duckdb* *.duckdb *.duckdb.wal *.duckdb.lock
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
