@@ -26,7 +26,7 @@ import orjson
 import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from pipeline.breaker import Breaker, BreakerConfig
+from pipeline.breaker import Breaker, BreakerConfig, BreakerState
 from pipeline.budget import Budget
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
@@ -463,7 +463,7 @@ def outage_snapshot(dispatcher: Dispatcher) -> dict[str, Any] | None:
         return None
     now = time.monotonic()
     since = time.time() - (now - outage.since)
-    probing = dispatcher.breaker.state.value == "probing"
+    probing = dispatcher.breaker.state is BreakerState.PROBING
     return {
         "since": time.strftime("%H:%M:%S", time.localtime(since)),
         "since_unix": round(since, 3),
