@@ -108,6 +108,7 @@ def test_a_missing_store_directory_exits_5_naming_it(sim: SimProcess, tmp_path: 
     assert r.returncode == 5
     line = one_error_line(r)
     assert str(db.parent) in line and "does not exist" in line
+    time.sleep(1.0)  # the simulator flushes its ledger every 0.5 s
     assert read_ledger(sim.ledger) == []  # type: ignore[attr-defined]  # nothing was sent
 
 
@@ -179,7 +180,9 @@ def test_a_read_only_store_exits_5_before_sending_then_resumes(
     assert run(path, db).returncode == 0
     write_jsonl(tmp_path / "in.jsonl", ticket_rows(200))  # 100 more rows arrived
     assert sim.ledger is not None  # type: ignore[attr-defined]
+    time.sleep(1.0)  # the simulator flushes its ledger every 0.5 s
     sent = len(read_ledger(sim.ledger))  # type: ignore[attr-defined]
+    assert sent == 100
     assert mount(fs, "-o", "remount,ro").returncode == 0
     try:
         r = run(path, db)
@@ -188,7 +191,8 @@ def test_a_read_only_store_exits_5_before_sending_then_resumes(
     assert r.returncode == 5, r.stderr
     line = one_error_line(r)
     assert str(fs) in line and "read-only file system" in line
-    assert len(read_ledger(sim.ledger)) == sent  # type: ignore[attr-defined]
+    time.sleep(1.0)
+    assert len(read_ledger(sim.ledger)) == sent  # type: ignore[attr-defined]  # nothing sent
     again = run(path, db)
     assert again.returncode == 0, again.stderr
     one_result_per_row(db, 200)
