@@ -157,7 +157,9 @@ def test_kill_9_then_rerun_gives_one_result_per_row(slow_sim: SimProcess, tmp_pa
 def test_a_second_runner_is_refused_and_status_works_meanwhile(
     slow_sim: SimProcess, tmp_path: Path
 ) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(3000))
+    # long enough to still be running after three CLI starts on a loaded machine (3,000 rows
+    # were sometimes done before the `query` below); SIGINT ends it early
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(12_000))
     job, db = job_file(tmp_path, slow_sim, src), tmp_path / "s.duckdb"
     proc = start_run(job, db, "--quiet")
     try:
