@@ -39,5 +39,5 @@ ui: $(STAMP) ## serve the results page of the demo store on http://127.0.0.1:864
 	$(VENV)/bin/flashpipe ui --db demo.duckdb --port 8642
 
 clean: ## remove the venv, caches and demo stores
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.duckdb* *.duckdb *.duckdb.wal
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.duckdb* *.duckdb *.duckdb.wal *.duckdb.lock
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

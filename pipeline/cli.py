@@ -14,11 +14,13 @@ from typing import Any
 import orjson
 
 from pipeline.catalog import channel_of
-from pipeline.errors import FlashpipeError, JobBusy, StoreError, UsageError
+from pipeline.errors import FlashpipeError, JobBusy, RowsFailed, StoreError, UsageError
 from pipeline.spec import JobSpec, load_spec
 
 EPILOG = (
-    "exit codes: 0 done, 2 usage/job file, 3 budget, 4 provider refused, 5 store, 130 interrupted"
+    "exit codes: 0 done, 2 usage/job file, 3 budget, 4 provider refused, 5 store,"
+    " 6 provider unreachable (resumable), 7 done but over limits.max_failed_share of rows failed,"
+    " 130 interrupted"
 )
 
 
@@ -202,7 +204,32 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
         f" {summary.requests:,} requests, ${summary.usd.quantize(_SIX)}"
     )
     print(f"results: flashpipe query 'SELECT * FROM {summary.view} LIMIT 10' --db {db_path}")
+    _check_failed(spec, summary.job, summary.rows, db_path)
     return 0
+
+
+def _check_failed(spec: JobSpec, job: str, rows: dict[str, int], db_path: str) -> None:
+    """A job whose rows failed is not silently done: say so with the next command, and exit 7
+    when more than limits.max_failed_share of the rows this run stored failed."""
+    failed = rows.get("failed", 0)
+    if not failed:
+        return
+    stored = sum(rows.values())
+    again = (
+        f"`flashpipe retry {job} --status failed --db {db_path}`"
+        f" then `flashpipe resume {job} --db {db_path}`"
+    )
+    why = (
+        f"`flashpipe query \"SELECT error, count(*) FROM results WHERE job = '{job}'"
+        f" AND status = 'failed' GROUP BY 1\" --db {db_path}`"
+    )
+    share = spec.limits.max_failed_share
+    if failed > share * stored:
+        raise RowsFailed(
+            f"job {job!r} ran to its end but {failed:,} of the {stored:,} rows this run stored"
+            f" failed (over limits.max_failed_share = {share:g}); why: {why}; send them again: {again}"
+        )
+    print(f"{failed:,} rows failed; why: {why}; send them again: {again}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

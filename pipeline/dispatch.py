@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 from pipeline.auth import Auth
+from pipeline.breaker import Breaker, BreakerConfig, BreakerState, Signal
 from pipeline.budget import Budget
 from pipeline.errors import ProviderStop
 from pipeline.escalate import Trigger, escalates
@@ -53,11 +54,11 @@ class InFlightCounter:
 
 
 class StopDispatch(Exception):
-    """Raised inside a worker when the job as a whole must stop (provider stop or budget)."""
+    """Raised inside a worker when the job as a whole must stop (provider stop, outage, budget)."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
-        self.reason = reason  # "provider" | "budget"
+        self.reason = reason  # "provider" | "outage" | "budget"
 
 
 @dataclass
@@ -74,6 +75,9 @@ class RowState:
     shed: int = 0  # Flex refusals: not billed, not an attempt burned
     feedback: str | None = None  # why the last answer was rejected, told on the next attempt
     invalid: bool = False  # the last attempt got an answer the checks refused
+    # clock times of provider faults charged to the row; refunded if an outage covers them
+    fault_times: list[float] = field(default_factory=list)
+    held: int = 0  # last attempts not failed because most calls around them failed too
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,7 @@ class Dispatcher:
         output_cap: int = MAX_OUTPUT_CAP,
         feedback: bool = True,
         call_prefix: str | None = None,
+        breaker: Breaker | None = None,
     ):
         self.job = job
         self.feedback = feedback
@@ -152,6 +157,10 @@ class Dispatcher:
         self.latency_ewma = 1.0
         self.rate_limited = 0
         self.failures = 0
+        self.clock = time.monotonic
+        self.breaker = breaker or Breaker(BreakerConfig(), self.clock)
+        self._resumed = anyio.Event()  # set (and replaced) each time an outage ends
+        self.outage_calls = 0  # calls that failed inside an outage: charged to no row
 
     # -- prompt building -------------------------------------------------------------------
     def prompt_for(self, group: list[RowState]) -> tuple[Prompt, int]:
@@ -238,21 +247,32 @@ class Dispatcher:
         return worst_case_cost(int(est_prompt * 1.5) + 64, prompt.max_output_tokens, prices)
 
     async def _attempt(self, group: list[RowState], emit: Emit) -> list[list[RowState]]:
+        self._refund(group)
+        probe = await self._admit()
+        if probe is None:  # stopping while paused: the rows stay pending
+            return []
         prompt, est_tokens = self.prompt_for(group)
         tier = group[0].tier
         lane = "flex" if tier == "flex" else "standard"
         prices = self.lane_prices[lane]
         reserve = self.reserve_for(prompt, est_tokens, prices)
-        if not await self.budget.reserve(reserve):
-            raise StopDispatch("budget", "budget.max_usd reached")
         try:
-            await self.flow.acquire(est_tokens)
-            if self.stopping():
+            if not await self.budget.reserve(reserve):
+                raise StopDispatch("budget", "budget.max_usd reached")
+            try:
+                await self.flow.acquire(est_tokens)
+                if self.stopping():
+                    self.budget.settle(reserve, Decimal(0))
+                    if probe:
+                        self.breaker.abandon_probe()
+                    return []
+                reply, started, latency, kind = await self._send(prompt, tier)
+            except BaseException:
                 self.budget.settle(reserve, Decimal(0))
-                return []
-            reply, started, latency = await self._send(prompt, tier)
+                raise
         except BaseException:
-            self.budget.settle(reserve, Decimal(0))
+            if probe:
+                self.breaker.abandon_probe()
             raise
         call_cost = cost_usd(reply.usage, prices)
         self.budget.settle(reserve, call_cost)
@@ -260,11 +280,17 @@ class Dispatcher:
         shed = tier == "flex" and reply.kind is ReplyKind.ERROR and reply.capacity
         if not shed:  # a Flex refusal says nothing about the key's rate limits
             self.flow.on_response(reply.error_class is ErrorClass.RATE_LIMITED)
+        signal = Signal.ANSWERED if shed else provider_signal(reply, kind)
+        self._observe(signal, reply, probe)
         self.charge(group, reply, prices, call_cost)
-        if shed:
+        if signal.is_fault and self.breaker.covers(self.clock()):
+            outcome, finals, retry, error = self._in_outage(group, reply)
+        elif shed:
             outcome, finals, retry, error = await self._shed(group, reply)
         else:
             outcome, finals, retry, error = self.judge(group, prompt, reply)
+            if signal.is_fault:
+                self._hold(group, finals, retry)
         up: list[RowState] = []
         if self.escalate_to is not None and finals:
             finals, up = self._escalating(group, finals)
@@ -292,6 +318,94 @@ class Dispatcher:
         moving = {s.row.id for s in up}
         self.failures -= len(up)
         return [r for r in finals if r.row_id not in moving], up
+
+    # -- outages (pipeline/breaker.py decides; here the workers wait and rows are refunded) --
+    async def _admit(self) -> bool | None:
+        """Wait while the provider is in an outage. True: this call is the outage's probe;
+        False: a regular call; None: the job is stopping. Raises StopDispatch past the limit."""
+        breaker = self.breaker
+        while breaker.paused:
+            if self.stopping():
+                return None
+            outage = breaker.outage()
+            if outage is None:
+                break
+            if breaker.state is BreakerState.EXPIRED:
+                raise StopDispatch("outage", self.outage_message())
+            if breaker.claim_probe():
+                return True
+            resumed = self._resumed
+            wait = min(1.0, max(0.05, outage.next_probe_at - self.clock()))
+            with anyio.move_on_after(wait):
+                await resumed.wait()
+        return False
+
+    def outage_message(self) -> str:
+        outage = self.breaker.outage()
+        cause = outage.cause if outage is not None else "no answer"
+        lasted = self.clock() - outage.since if outage is not None else 0.0
+        return (
+            f"provider unreachable at {self._url} for {lasted:.0f} s ({cause}); no row was"
+            " charged for it, the rest stay pending: run it again when the provider answers"
+        )
+
+    def _observe(self, signal: Signal, reply: Reply, probe: bool) -> None:
+        was_paused = self.breaker.paused
+        cause = (reply.error or signal.value).splitlines()[0][:200] if signal.is_fault else ""
+        if probe:
+            self.breaker.probe_done(signal, cause)
+        else:
+            self.breaker.record(signal, cause)
+        if was_paused and not self.breaker.paused:
+            self._resumed.set()
+            self._resumed = anyio.Event()
+
+    def _refund(self, group: list[RowState]) -> None:
+        """Attempts that failed inside an outage were not the row's: give them back."""
+        for state in group:
+            if not state.fault_times:
+                continue
+            covered = [t for t in state.fault_times if self.breaker.covers(t)]
+            if covered:
+                state.calls -= len(covered)
+                state.burned = max(0, state.burned - len(covered))
+                state.fault_times = [t for t in state.fault_times if t not in covered]
+
+    def _in_outage(
+        self, group: list[RowState], reply: Reply
+    ) -> tuple[str, list[ResultRecord], list[tuple[list[RowState], float]], str | None]:
+        """A call that failed inside an outage: not an attempt at its rows, sent again once
+        the provider answers (the workers wait at `_admit`)."""
+        self.outage_calls += 1
+        for state in group:
+            state.calls -= 1
+        return "outage", [], [(group, 0.0)], reply.error
+
+    def _hold(
+        self,
+        group: list[RowState],
+        finals: list[ResultRecord],
+        retry: list[tuple[list[RowState], float]],
+    ) -> None:
+        """Note the provider fault on each row; while most calls fail (an outage may be
+        starting), a row's last attempt does not fail it: it waits for the breaker's verdict."""
+        now = self.clock()
+        for state in group:
+            state.fault_times.append(now)
+        if not finals or not self.breaker.suspect():
+            return
+        by_id = {s.row.id: s for s in group}
+        held: list[RowState] = []
+        for result in list(finals):
+            kept = by_id.get(result.row_id)
+            if result.status != "failed" or kept is None or kept.held >= self.policy.max_attempts:
+                continue
+            kept.held += 1
+            finals.remove(result)
+            self.failures -= 1
+            held.append(kept)
+        if held:
+            retry.append((held, self.policy.backoff(max(s.burned for s in held), self._rng)))
 
     def charge(
         self, group: list[RowState], reply: Reply, prices: Prices, call_cost: Decimal
@@ -381,7 +495,10 @@ class Dispatcher:
         left = (self.deadline - now_utc()).total_seconds()
         return left > self.batch_hours * 3600
 
-    async def _send(self, prompt: Prompt, tier: str | None = None) -> tuple[Reply, datetime, float]:
+    async def _send(
+        self, prompt: Prompt, tier: str | None = None
+    ) -> tuple[Reply, datetime, float, str | None]:
+        """The reply, when it was sent, its latency, and the transport's failure kind (if any)."""
         body = self.provider.encode(prompt, tier)
         async with self.in_flight:
             if self.auth.stale():
@@ -400,10 +517,11 @@ class Dispatcher:
                     Reply(ReplyKind.ERROR, 0, error_class=cls, error=str(exc)[:300]),
                     started,
                     latency,
+                    exc.kind,
                 )
             latency = time.monotonic() - t0
         self.latency_ewma = 0.9 * self.latency_ewma + 0.1 * latency
-        return self.provider.parse(resp), started, latency
+        return self.provider.parse(resp), started, latency, None
 
     # -- judging a reply -------------------------------------------------------------------
     def final(
@@ -539,6 +657,17 @@ class Dispatcher:
             self.failures += 1
         else:
             retry.append(([state], 0.0))
+
+
+def provider_signal(reply: Reply, transport_kind: str | None) -> Signal:
+    """What a reply says about the provider: any HTTP answer but a 5xx means it is up."""
+    if reply.kind is not ReplyKind.ERROR:
+        return Signal.ANSWERED
+    if transport_kind is not None:
+        return Signal.NO_CONNECTION if transport_kind == "connect" else Signal.NO_ANSWER
+    if 500 <= reply.http_status <= 599:
+        return Signal.SERVER_ERROR
+    return Signal.ANSWERED
 
 
 def _failed_reason(state: RowState, error: str) -> str:

@@ -28,13 +28,21 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import Auth, GoogleAuth, KeyAuth
 from pipeline.autopack import with_auto_packing
+from pipeline.breaker import Breaker, BreakerConfig, BreakerState
 from pipeline.budget import Budget
 from pipeline.cache import CachedAnswer, cached_result, lane_for_saving
 from pipeline.catalog import channel_of, label_value, model_limits, vertex_model_path
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
-from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.errors import (
+    BudgetExhausted,
+    FlashpipeError,
+    Interrupted,
+    ProviderStop,
+    ProviderUnreachable,
+    SpecError,
+)
 from pipeline.escalate import escalation_spec, triggers
 from pipeline.fingerprint import check_unchanged, input_fingerprint
 from pipeline.journal import CallJournal, journal_files, read_journal
@@ -56,6 +64,7 @@ from pipeline.store import (
     ResultRecord,
     Store,
     StoreThread,
+    check_writable,
     now_utc,
     runner_id,
 )
@@ -232,6 +241,7 @@ class JobRun:
             batch_hours=spec.batch.batch_hours,
             output_cap=model_limits(spec.model).max_output,
             feedback=spec.limits.retry_feedback,
+            breaker=Breaker(BreakerConfig(limit_s=spec.limits.outage_minutes * 60), time.monotonic),
         )
         self.saving_prices = self.dispatcher.lane_prices[lane_for_saving(self.lane)]
         if spec.escalate is not None:
@@ -514,6 +524,7 @@ class JobRun:
             self.stats.in_flight = self.in_flight.borrowed_tokens
             self.stats.rpm_current = self.flow.current_rpm
             self.stats.shed = self.dispatcher.shed
+            self.stats.outage = outage_snapshot(self.dispatcher)
             if self.batches is not None:
                 lane = self.batches.stats
                 self.stats.batches_open = lane.submitted - lane.finished
@@ -553,6 +564,24 @@ class JobRun:
                 else:
                     self.hard_stop = True
                     workers.cancel()
+
+
+def outage_snapshot(dispatcher: Dispatcher) -> dict[str, Any] | None:
+    """The outage as the progress line and `status` show it, or None while calls flow."""
+    outage = dispatcher.breaker.outage()
+    if outage is None:
+        return None
+    now = time.monotonic()
+    since = time.time() - (now - outage.since)
+    probing = dispatcher.breaker.state is BreakerState.PROBING
+    return {
+        "since": time.strftime("%H:%M:%S", time.localtime(since)),
+        "since_unix": round(since, 3),
+        "next_probe_s": None if probing else max(0, round(outage.next_probe_at - now)),
+        "probes": outage.probes,
+        "cause": outage.cause,
+        "url": dispatcher.provider.url(),
+    }
 
 
 def _invalid_result(row_id: str, row: Row, reason: str, keep: tuple[str, ...]) -> ResultRecord:
@@ -697,6 +726,7 @@ async def run_job(
     auth = build_auth(spec, api_key)
     rows_total, exact = count_rows_fast(spec.input)
     kept_types = keep_types(spec.input)
+    check_writable(db_path)  # a full or read-only disk stops here, before any request
     store = Store(db_path, for_run=True)
     thread = StoreThread(store)
     progress = progress or ProgressReporter(quiet=True)
@@ -704,6 +734,7 @@ async def run_job(
     started = time.monotonic()
     run: JobRun | None = None
     journal: CallJournal | None = None
+    failed: BaseException | None = None
     try:
         if restart:
             await thread.run(store.drop_job, spec.name)
@@ -741,12 +772,23 @@ async def run_job(
         run.stats.rows_total_exact = exact
         run.stats.rows_before = done_before
         with fewer_gc_passes():
-            await _run_stages(run, handle_signals)
+            try:
+                await _run_stages(run, handle_signals)
+            except BaseExceptionGroup as group:
+                raise _one_error(group) from None
+    except BaseException as exc:
+        failed = exc
+        raise
     finally:
         await transport.aclose()
         try:
-            if run is not None:
+            if run is not None and failed is None:
                 await _finish(run, thread)  # raises the stop (budget, provider, interrupt)
+            elif run is not None:
+                # the run already failed (a full disk, most likely): record what can be
+                # recorded, and let the first error be the one the user reads
+                with contextlib.suppress(Exception):
+                    await _finish(run, thread)
         finally:
             thread.close()
             status_path(db_path).unlink(missing_ok=True)
@@ -762,6 +804,23 @@ async def run_job(
         time.monotonic() - started,
         view,
     )
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should read from a task group's failure: the first FlashpipeError
+    (a store fault, say), else the group itself (a bug: reported as one)."""
+    for exc in _leaves(group):
+        if isinstance(exc, FlashpipeError):
+            return exc
+    return group
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 async def _run_stages(run: JobRun, handle_signals: bool) -> None:
@@ -815,6 +874,7 @@ async def _finish(run: JobRun, thread: StoreThread) -> None:
         "interrupted": "interrupted",
         "budget": "budget_exhausted",
         "provider": "stopped",
+        "outage": "stopped",
     }.get(reason, "stopped")
     run.stats.state = state
     try:
@@ -837,3 +897,5 @@ async def _finish(run: JobRun, thread: StoreThread) -> None:
         )
     if reason == "provider":
         raise ProviderStop(f"job {run.spec.name!r} stopped by the provider: {run.stop_message}")
+    if reason == "outage":
+        raise ProviderUnreachable(f"job {run.spec.name!r} stopped: {run.stop_message}")

@@ -39,6 +39,19 @@ class ProviderStop(FlashpipeError):
     exit_code = 4
 
 
+class ProviderUnreachable(FlashpipeError):
+    """The provider did not answer (no connection, or nearly all 5xx) for longer than
+    limits.outage_minutes; no row was charged for it, every unfinished row stays pending."""
+
+    exit_code = 6
+
+
+class RowsFailed(FlashpipeError):
+    """The job ran to its end, but more than limits.max_failed_share of its rows failed."""
+
+    exit_code = 7
+
+
 class StoreError(FlashpipeError):
     """The DuckDB store cannot be used (locked, read-only, corrupt, full)."""
 

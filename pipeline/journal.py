@@ -9,6 +9,8 @@ true, and `status` counts exactly the rows that were paid for and then lost.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import os
 from collections.abc import Iterable, Iterator
@@ -19,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.store import CallRecord
+from pipeline.errors import StoreError
+from pipeline.store import CallRecord, fault_cause
 from pipeline.usage import Usage
 
 
@@ -101,23 +104,46 @@ class CallJournal:
         self.current = Path(self._base)
         self._open_next()
 
+    def _fault(self, exc: OSError) -> StoreError:
+        return StoreError(
+            f"journal {str(self.current)!r}: cannot write: {fault_cause(exc)}; the store and"
+            " the journal written so far are intact: fix it and run the job again to resume"
+        )
+
     def _open_next(self) -> None:
         self._gen += 1
         self.current = Path(f"{self._base}.{self._gen}")
-        self._fd = os.open(self.current, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            self._fd = os.open(
+                self.current, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
+            )
+        except OSError as exc:
+            self._fd = -1
+            raise self._fault(exc) from None
 
     def append(self, job: str, calls: list[CallRecord]) -> None:
-        os.write(self._fd, b"".join(encode(job, c) for c in calls))
+        data = b"".join(encode(job, c) for c in calls)
+        try:
+            written = os.write(self._fd, data)
+            if written < len(data):  # a short write: the disk filled up in the middle
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise self._fault(exc) from None
 
     def rotate(self) -> Path:
         """Close the current generation (it holds exactly the batch being handed off)."""
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         done = self.current
         self._open_next()
         return done
 
     def close(self) -> None:
         """Close; the open generation goes if empty (a failed commit leaves its file behind)."""
-        os.close(self._fd)
-        if self.current.stat().st_size == 0:
-            self.current.unlink(missing_ok=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(OSError):
+            if self.current.stat().st_size == 0:
+                self.current.unlink(missing_ok=True)

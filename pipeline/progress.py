@@ -36,6 +36,7 @@ class RunStats:
     batches_open: int = 0
     batches_done: int = 0
     batch_requests: int = 0  # HTTP requests of the Batch lane (create, poll, upload, download)
+    outage: dict[str, Any] | None = None  # while the provider is unreachable (engine.py)
 
     def count(self, status: str) -> None:
         self.rows_done += 1
@@ -78,6 +79,7 @@ class RunStats:
                 "done": self.batches_done,
                 "requests": self.batch_requests,
             },
+            "outage": self.outage,
         }
 
 
@@ -96,12 +98,22 @@ def format_line(snap: dict[str, Any]) -> str:
     if snap.get("lane") in ("batch", "auto"):
         b = snap["batches"]
         lanes += f" | batches {b['open']} open, {b['done']} done"
-    return (
+    paused = ""
+    if snap.get("outage"):
+        paused = f"{outage_text(snap['outage'])} | "
+    return paused + (
         f"{snap['job']}: rows {snap['rows_done']:,}/{total_txt} | {snap['rows_per_s']:,.1f} rows/s"
         f" | {snap['requests_per_min']:,.0f}{limit} req/min | 429s {snap['rate_limited']}"
         f" | failed {snap['failures']}{lanes} | tokens {tok:,} | ${snap['usd']}"
         f" (projected ${snap['usd_projected']}) | ETA {eta_txt}"
     )
+
+
+def outage_text(outage: dict[str, Any]) -> str:
+    """'PAUSED: provider unreachable since 10:42:03, next probe in 40 s (503 ...)'"""
+    nxt = outage.get("next_probe_s")
+    probe = "probing now" if nxt is None else f"next probe in {nxt} s"
+    return f"PAUSED: provider unreachable since {outage['since']}, {probe} ({outage['cause'][:80]})"
 
 
 class ProgressReporter:

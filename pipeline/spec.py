@@ -121,6 +121,11 @@ class Limits:
     max_attempts: int = 6
     retry_feedback: bool = True  # a retry after an invalid answer says what was wrong
     auto_pack: bool = False  # rows_per_request = "auto": chosen at the start of each run
+    # an outage (provider unreachable or answering nearly all 5xx) pauses the job; past this
+    # many minutes the job stops, resumable, with every row still pending
+    outage_minutes: float = 15.0
+    # a job that ends with more than this share of its rows failed exits 7, not 0
+    max_failed_share: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -426,7 +431,17 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     lim = _table(
         doc,
         "limits",
-        {"rpm", "tpm", "rpd", "concurrency", "rows_per_request", "max_attempts", "retry_feedback"},
+        {
+            "rpm",
+            "tpm",
+            "rpd",
+            "concurrency",
+            "rows_per_request",
+            "max_attempts",
+            "retry_feedback",
+            "outage_minutes",
+            "max_failed_share",
+        },
     )
     conc = lim.get("concurrency", "auto")
     if conc == "auto":
@@ -447,7 +462,11 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         max_attempts=_int(lim, "max_attempts", "limits.max_attempts", 6, 1),
         retry_feedback=_bool(lim, "retry_feedback", "limits.retry_feedback", True),
         auto_pack=auto_pack,
+        outage_minutes=_num(lim, "outage_minutes", "limits.outage_minutes", 15.0, 0.01),
+        max_failed_share=_num(lim, "max_failed_share", "limits.max_failed_share", 0.1),
     )
+    if limits.max_failed_share > 1:
+        raise _fail("limits.max_failed_share", limits.max_failed_share, "a number from 0 to 1")
     if limits.rows_per_request > 200:
         raise _fail("limits.rows_per_request", limits.rows_per_request, "an integer from 1 to 200")
 

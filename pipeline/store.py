@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
+import fcntl
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +26,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from pipeline.errors import JobBusy, SpecError, StoreError
+from pipeline.errors import FlashpipeError, JobBusy, SpecError, StoreError
 from pipeline.tasks.base import ViewColumn, sql_ident, sql_str
 from pipeline.usage import Usage
 
@@ -276,6 +279,74 @@ def resolve_path(cli_path: str | None, spec_path: str | None = None) -> str:
     return cli_path or os.environ.get("FLASHPIPE_DB") or spec_path or DEFAULT_PATH
 
 
+# What a user can act on, from an OSError's errno or the text DuckDB copies from strerror()
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "the file or its directory is gone",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EIO: "input/output error",
+}
+_CAUSE_TEXT = {
+    "no space left on device": _CAUSES[errno.ENOSPC],
+    "disk quota exceeded": _CAUSES[errno.EDQUOT],
+    "read-only file system": _CAUSES[errno.EROFS],
+    "no such file or directory": _CAUSES[errno.ENOENT],
+    "permission denied": _CAUSES[errno.EACCES],
+    "input/output error": _CAUSES[errno.EIO],
+}
+AFTER_FAULT = "nothing stored is lost; fix it and run the job again to resume"
+
+
+def fault_cause(exc: BaseException) -> str:
+    """One short cause for a failed store or journal operation."""
+    if isinstance(exc, OSError) and exc.errno in _CAUSES:
+        return _CAUSES[exc.errno]
+    text = str(exc)
+    low = text.lower()
+    for needle, cause in _CAUSE_TEXT.items():
+        if needle in low:
+            return cause
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def store_fault(path: str, action: str, exc: BaseException) -> StoreError:
+    """`store 'x.duckdb': cannot write results: no space left on device; ...` as one line."""
+    return StoreError(f"store {path!r}: cannot {action}: {fault_cause(exc)}; {AFTER_FAULT}")
+
+
+def check_writable(path: str) -> None:
+    """Before anything is sent: the store's directory exists and takes a write."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise StoreError(f"store {path!r}: its directory {str(folder)!r} does not exist")
+    probe = folder / f".{Path(path).name}.{os.getpid()}.probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(
+            f"store {path!r}: its directory {str(folder)!r} is not writable: {fault_cause(exc)}"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def _busy(path: str, who: str, for_run: bool) -> FlashpipeError:
+    if for_run:
+        return JobBusy(f"store {path!r} is held by {who}; one runner per store")
+    return StoreError(
+        f"store {path!r} is busy: {who} is writing to it; `flashpipe status` reads its live snapshot"
+    )
+
+
 def _holder(message: str) -> str:
     match = re.search(r"PID (\d+)", message)
     return f"process {match.group(1)}" if match else "another process"
@@ -295,37 +366,121 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "the job definition"]
 
 
+# Peak memory flat with the job's size (tests/bench, section 6). DuckDB keeps what its inserts
+# under the UNIQUE(job, row_id) index allocated until the connection closes, and each
+# automatic checkpoint (every 16 MB of WAL by default) spikes by an amount that grows with the
+# table. So the writer closes and reopens its connection every REOPEN_ROWS stored results and
+# calls (the close is the checkpoint), and automatic checkpoints only act as a safety valve.
+# Measured 2026-12-02, peak RSS 1M vs 100k rows: JSONL 1.33 -> 1.16, Parquet 1.46 -> 1.23;
+# reopening alone (default threshold) changed nothing (1.33, 1.46).
+REOPEN_ROWS = 100_000
+CHECKPOINT_THRESHOLD = "256MB"
+
+
+class SideLock:
+    """An flock on `<store>.lock`, taken before DuckDB's own lock and held until close.
+
+    DuckDB's lock goes away while the writer reopens its connection; this one does not, so no
+    second runner (nor a reader of ours, which would block the reopen) slips in between.
+    Writers hold it exclusive, readers shared; the holder's PID is in the file.
+    """
+
+    def __init__(self, db_path: str, *, shared: bool):
+        self.path = db_path + ".lock"
+        self.fd = -1
+        try:
+            flags = os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT
+            self.fd = os.open(self.path, flags, 0o644)
+        except OSError:
+            return  # no lock file (a reader of an old store) or an unwritable directory
+        try:
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder()
+            os.close(self.fd)
+            self.fd = -1
+            raise _Held(holder) from None
+        if not shared:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"PID {os.getpid()}\n".encode())
+
+    def _holder(self) -> str:
+        try:
+            return _holder(os.pread(self.fd, 64, 0).decode(errors="replace"))
+        except OSError:
+            return "another process"
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = -1
+
+
+class _Held(Exception):
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
 class Store:
     """A DuckDB file holding jobs, results and calls. Use from one thread at a time."""
 
     def __init__(self, path: str, *, read_only: bool = False, for_run: bool = False):
         self.path = path
+        self.read_only = read_only
         self._indices = pa.array([], pa.int64())  # 0..n-1, sliced for each resume lookup
+        self._since_reopen = 0
         if read_only and not Path(path).exists():
             raise StoreError(f"store {path!r} does not exist; run a job first")
         try:
-            self.con = duckdb.connect(path, read_only=read_only)
+            self._lock = SideLock(path, shared=read_only)
+        except _Held as held:
+            raise _busy(path, held.holder, for_run) from None
+        try:
+            self.con = self._connect()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        path, read_only = self.path, self.read_only
+        try:
+            con = duckdb.connect(path, read_only=read_only)
             if not read_only:
-                self.con.execute(SCHEMA)
+                con.execute(SCHEMA)
+                # checkpoints happen when the writer reopens (every REOPEN_ROWS), not when the
+                # WAL passes DuckDB's default 16 MB in the middle of a run; see REOPEN_ROWS
+                con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+            return con
         except duckdb.IOException as exc:
             text = str(exc)
             if "lock" in text.lower():
-                who = _holder(text)
-                if for_run:
-                    raise JobBusy(
-                        f"store {path!r} is held by {who}; one runner per store"
-                    ) from None
-                raise StoreError(
-                    f"store {path!r} is busy: {who} is writing to it; "
-                    f"`flashpipe status` reads its live snapshot"
-                ) from None
-            raise StoreError(f"store {path!r} cannot be opened: {text.splitlines()[0]}") from None
+                raise _busy(path, _holder(text), not read_only) from None
+            raise StoreError(f"store {path!r} cannot be opened: {fault_cause(exc)}") from None
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"store {path!r} is unusable: {first}") from None
 
     def close(self) -> None:
+        try:
+            self.con.close()
+        finally:
+            self._lock.release()
+
+    def reopen(self) -> None:
+        """Close and reopen the connection (the side lock stays held): DuckDB gives back the
+        memory its inserts kept. A foreign DuckDB client that grabs the file in between is
+        waited for, a few seconds at most."""
         self.con.close()
+        self._since_reopen = 0
+        for wait in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 0.0):
+            try:
+                self.con = self._connect()
+                return
+            except (JobBusy, StoreError):
+                if not wait:
+                    raise
+                time.sleep(wait)
 
     # -- jobs ---------------------------------------------------------------------------
     def job_row(self, name: str) -> dict[str, Any] | None:
@@ -462,11 +617,16 @@ class Store:
             except duckdb.ConstraintException:
                 self.con.execute("ROLLBACK")
                 self._write(job, results, calls, closes, " ON CONFLICT DO NOTHING")
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError) as exc:
             with contextlib.suppress(duckdb.Error):
                 self.con.execute("ROLLBACK")
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StoreError(f"store {self.path!r}: cannot write results: {first}") from None
+            raise store_fault(self.path, "write results", exc) from None
+        self._since_reopen += len(results) + len(calls)
+        if self._since_reopen >= REOPEN_ROWS:
+            try:
+                self.reopen()
+            except (duckdb.Error, OSError) as exc:
+                raise store_fault(self.path, "reopen the store", exc) from None
 
     def _write(
         self,
@@ -933,8 +1093,15 @@ class StoreThread:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flashpipe-store")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        """Run fn on the store's thread; a disk or file fault becomes one StoreError line."""
+        try:
+            return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        except (duckdb.Error, OSError) as exc:
+            action = getattr(fn, "__name__", "use the store").replace("_", " ")
+            raise store_fault(self.store.path, action, exc) from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self.store.close()
+        # a connection a disk fault invalidated has nothing left to save
+        with contextlib.suppress(duckdb.Error):
+            self.store.close()

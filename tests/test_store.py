@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
+import pipeline.store as store_module
+from pipeline.errors import JobBusy, StoreError
 from pipeline.store import CallRecord, ResultRecord, Store, changed_keys
 from pipeline.usage import Usage
 
@@ -61,3 +66,27 @@ def test_changed_keys_name_the_dotted_path() -> None:
     old = {"task": "classify", "classify": {"labels": ["a", "b"], "multi_label": False}}
     new = {"task": "classify", "classify": {"labels": ["a"], "multi_label": False}, "x": 1}
     assert changed_keys(old, new) == ["classify.labels", "x"]
+
+
+def test_the_writer_reopens_its_connection_and_no_second_runner_gets_in_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "REOPEN_ROWS", 40)
+    path = str(tmp_path / "s.duckdb")
+    store = Store(path, for_run=True)
+    try:
+        first = store.con
+        for batch in range(5):
+            ids = [f"r{batch}-{i}" for i in range(10)]
+            store.write("j", [result(r, "bug") for r in ids], [call(f"c-{r}", r) for r in ids])
+            with pytest.raises(JobBusy, match=f"process {os.getpid()}"):
+                Store(path, for_run=True)
+            with pytest.raises(StoreError, match="busy"):
+                Store(path, read_only=True)
+        assert store.con is not first  # 50 results + 50 calls: reopened twice
+        assert store.con.execute(
+            "SELECT count(*), count(DISTINCT row_id) FROM results"
+        ).fetchall() == [(50, 50)]
+    finally:
+        store.close()
+    Store(path, for_run=True).close()  # free again once the writer is done

@@ -227,18 +227,19 @@ def bench_memory(sec: Section) -> None:
                 f"nothing: {secs[200_000]:.1f} s for 200k, {secs[1_000_000]:.1f} s for 1M"
             )
     sec.note(
-        "why the full-run pairs miss 1.2: DuckDB itself. Inserting 1M result rows in 500-row "
-        "Arrow batches into a table with UNIQUE(job, row_id) (the store's contract) raised a "
-        "bare DuckDB process's peak RSS by 82-87 MiB (66 MiB without the UNIQUE index; measured "
-        "2026-11-30); `SET memory_limit` does not release it, closing and reopening the "
-        "connection every 100k rows halves it (35 MiB). The JSONL pair grows by about that much; "
-        "the Parquet pair grows ~50 MiB more, not explained yet: the input's row groups are "
-        "100k rows, and with ARROW_DEFAULT_MEMORY_POOL=system instead of mimalloc the pair read "
-        "214 vs 311 MiB (1.45; 2026-12-01), so the pool adds memory but not the growth. The "
-        "resume-skip pairs, which read every row and store nothing, stay flat. Sampled every 4 s, "
-        "a full run's RSS shows 60-90 MiB spikes late in the run that fall back; a bare 1M-row "
-        "insert peaks at 144 / 175 / 223 MiB with checkpoint_threshold 4 / 16 (default) / 64 MB, "
-        "but 4 MB in flashpipe cut the store write rate to 0.66 of a bare insert (2026-12-01)"
+        "what keeps the full-run pairs flat: the writer reopens its DuckDB connection every "
+        "100k stored results + calls (store.REOPEN_ROWS), and checkpoint_threshold is 256 MB so "
+        "the reopen is the checkpoint. Each automatic checkpoint (16 MB of WAL by default) "
+        "spiked RSS by an amount that grew with the table (sampled every 2-3 s, a 1M JSONL run "
+        "sat at 185-215 MiB between spikes to 268-282 MiB late in the run), and reopening "
+        "alone, with the default threshold, changed nothing (1.33 JSONL, 1.46 Parquet; "
+        "2026-12-02). With both: 1.16 / 1.11 (JSONL) and 1.23 / 1.20 (Parquet) in two runs "
+        "(2026-12-02); the store write bench went from 0.76 to 1.08 of a bare insert. Parquet "
+        "is at the edge: its runs sit ~50 MiB above JSONL throughout (the 100k-row row groups "
+        "decoded whole) and a reopen that meets a row-group read adds both; a single timeline "
+        "run with reopens every 50k rows peaked higher, not lower (363 MiB), so 100k stays. In a "
+        "bare DuckDB process, 1M 500-row inserts under UNIQUE(job, row_id) peaked at 184 MiB "
+        "(130 at 100k) and at 141 MiB reopening every 100k rows (136 at 100k)"
     )
 
 
