@@ -10,10 +10,14 @@ for job in jobs/*.toml; do
 done
 echo
 echo "== the tickets job again in the half-price lanes: one line of the job file, provider.lane"
+echo "   (--no-cache: the same tickets would otherwise be answered from the cache)"
 for lane in flex batch; do
-  echo "== flashpipe run jobs/classify_tickets.toml --sim --set provider.lane=$lane"
-  "$FP" run jobs/classify_tickets.toml --sim --quiet --set "name=tickets-$lane" --set "provider.lane=$lane"
+  echo "== flashpipe run jobs/classify_tickets.toml --sim --no-cache --set provider.lane=$lane"
+  "$FP" run jobs/classify_tickets.toml --sim --quiet --no-cache --set "name=tickets-$lane" --set "provider.lane=$lane"
 done
+echo
+echo "== the same tickets under a new name: every answer comes from the cache, 0 requests"
+"$FP" run jobs/classify_tickets.toml --sim --quiet --set "name=tickets-again"
 echo
 echo "== flashpipe status"
 "$FP" status
