@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="discard the job's stored results first"
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run the online lane on Ray workers (no ADDRESS: start Ray on this machine)",
+    )
+    run.add_argument("--workers", type=int, default=None, help="Ray worker actors (with --ray)")
     db(run)
 
     resume = sub.add_parser("resume", help="resume a job from the spec stored in the store")
@@ -190,7 +199,14 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.job, args.set)
+    overrides = list(args.set)
+    if args.ray is not None:
+        overrides += ['engine.kind="ray"', f"engine.address={orjson.dumps(args.ray).decode()}"]
+    if args.workers is not None:
+        if args.ray is None:
+            raise UsageError("--workers needs --ray")
+        overrides.append(f"engine.workers={args.workers}")
+    spec = load_spec(args.job, overrides)
     return _execute(spec, args, args.restart)
 
 

@@ -19,7 +19,7 @@ import anyio
 from pipeline.auth import Auth
 from pipeline.budget import Budget
 from pipeline.errors import ProviderStop
-from pipeline.limits import FlowControl
+from pipeline.limits import Flow
 from pipeline.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices, worst_case_cost
 from pipeline.providers.base import Prompt, Provider, Reply, ReplyKind, Shape
 from pipeline.retry import Action, ErrorClass, RetryPolicy
@@ -93,7 +93,7 @@ class Dispatcher:
         provider: Provider,
         transport: Transport,
         auth: Auth,
-        flow: FlowControl,
+        flow: Flow,
         budget: Budget,
         prices: Prices,
         policy: RetryPolicy,
@@ -218,6 +218,8 @@ class Dispatcher:
         call = self.call_record(group, reply, outcome, error, started, latency, lane, call_cost)
         await emit(Outcome(call, finals))
         if outcome == "stopped":
+            if self.flow.bench_current(error or "the provider refused the key"):
+                return [group]  # that key pool is out: its rows go to the others
             raise StopDispatch("provider", error or "the provider refused the job")
         if retry:
             delay = max(d for _, d in retry)
@@ -268,6 +270,7 @@ class Dispatcher:
             model_version=reply.model_version,
             response_id=reply.response_id,
             lane=lane,
+            pool=self.flow.pool_name(),
         )
 
     async def _shed(

@@ -83,10 +83,12 @@ CREATE TABLE IF NOT EXISTS calls (
     model_version VARCHAR,
     response_id VARCHAR,
     recovered BOOLEAN DEFAULT false,
-    lane VARCHAR DEFAULT 'standard'
+    lane VARCHAR DEFAULT 'standard',
+    pool VARCHAR
 );
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS recovered BOOLEAN DEFAULT false;
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS lane VARCHAR DEFAULT 'standard';
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS pool VARCHAR;
 CREATE TABLE IF NOT EXISTS batches (
     job VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
@@ -158,6 +160,7 @@ CALL_SCHEMA = pa.schema(
         ("response_id", pa.string()),
         ("recovered", pa.bool_()),
         ("lane", pa.string()),
+        ("pool", pa.string()),  # the key pool (a provider project) it went through; never a key
     ]
 )
 BATCH_ROW_SCHEMA = pa.schema(
@@ -205,6 +208,7 @@ class CallRecord:
     model_version: str | None
     response_id: str | None
     lane: str = "standard"
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,6 +747,7 @@ def _calls_table(job: str, records: Sequence[CallRecord], *, recovered: bool = F
             "response_id": [c.response_id for c in records],
             "recovered": [recovered] * len(records),
             "lane": [c.lane for c in records],
+            "pool": [c.pool for c in records],
         },
         schema=CALL_SCHEMA,
     )
