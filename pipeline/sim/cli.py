@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--ledger", default=None, help="append one JSON line per request")
     p.add_argument("--fault", action="append", default=[], metavar="NAME=RATE")
     p.add_argument("--hang-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--fault-retry-s", type=float, default=1.0, help="retryDelay of an injected Gemini 429"
+    )
     p.add_argument("--cache-min-tokens", type=int, default=1024)
     p.add_argument("--flex-shed", type=float, default=0.0, help="share of Flex calls refused")
     p.add_argument("--flex-slowdown", type=float, default=2.0)
@@ -92,6 +95,7 @@ def parse_args(argv: list[str] | None) -> Config:
         tpm=limits["tpm"][0],
         rpd=limits["rpd"][0],
         keys=projects,
+        fault_retry_s=a.fault_retry_s,
         project_limits=per_project,
         ledger=a.ledger,
         faults=faults,

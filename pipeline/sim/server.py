@@ -56,6 +56,7 @@ class Config:
     # more keys, each in a project (keys of a project share its quota windows), and limits of
     # a project's own (rpm, tpm, rpd); the main `key` is a project of its own name
     keys: dict[str, str] = field(default_factory=dict)
+    fault_retry_s: float = 1.0  # the retryDelay of an injected Gemini per-minute 429
     project_limits: dict[str, tuple[int | None, int | None, int | None]] = field(
         default_factory=dict
     )
@@ -328,7 +329,9 @@ class Sim:
                 }
             self.log(req, status, fault)
             return self.error(req.api, status, body, headers)
-        error = gemini.fault_error(fault, req.model, version, method, rpm, rpd)
+        error = gemini.fault_error(
+            fault, req.model, version, method, rpm, rpd, self.cfg.fault_retry_s
+        )
         assert error is not None
         self.log(req, error[0], fault)
         if req.vertex and error[0] == 429:
