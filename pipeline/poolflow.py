@@ -25,6 +25,9 @@ from pipeline.limits import Clock
 from pipeline.pools import STOCK_SECONDS, Grant, PoolSpec, PoolState, QuotaPolicy, Report
 
 Lease = Callable[[int, int, Report], Awaitable[Grant]]
+# tells the pool at once, without waiting for an answer: a 429 or a refusal must reach every
+# worker now, not with this worker's next lease (its tasks may all be sleeping a retry delay)
+Push = Callable[[Report], None]
 WANT = 256  # requests asked per lease; the policy cuts it to a block of its rate
 
 
@@ -43,10 +46,16 @@ class PoolClient:
     """One pool as one worker sees it: leased stock and what to report next."""
 
     def __init__(
-        self, name: str, lease: Lease, headers: Sequence[dict[str, str]], clock: Clock
+        self,
+        name: str,
+        lease: Lease,
+        headers: Sequence[dict[str, str]],
+        clock: Clock,
+        push: Push | None = None,
     ) -> None:
         self.name = name
         self._lease = lease
+        self._push = push
         self._headers = itertools.cycle(list(headers))
         self._clock = clock
         self._lock = anyio.Lock()
@@ -99,7 +108,7 @@ class PoolClient:
                 await self._call(0, 0)
 
     async def _call(self, want: int, est_tokens: int) -> float:
-        report = self._r.report()
+        report = self._r.report(self._clock())
         self._r = _Pending()
         self.leases += 1
         grant = await self._lease(want, est_tokens, report)
@@ -126,15 +135,24 @@ class PoolClient:
 
     def rate_limited(self, delay: float | None) -> None:
         self._r.limited += 1
+        self._r.limited_at = self._clock()
         if delay is not None:
             self._r.delay = max(self._r.delay or 0.0, delay)
-        self._expire()  # tell the pool at once: the next call leases, and reports this 429
+        self._expire()  # the stock may be void now: the next call leases again
         self._not_before = 0.0
+        self._push_now()
 
     def benched(self, reason: str) -> None:
         self._r.benched = reason
         self._expire()
         self._not_before = 0.0
+        self._push_now()
+
+    def _push_now(self) -> None:
+        if self._push is not None:
+            report = self._r.report(self._clock())
+            self._r = _Pending()
+            self._push(report)
 
 
 @dataclass
@@ -145,13 +163,14 @@ class _Pending:
     ok: int = 0
     limited: int = 0
     delay: float | None = None
+    limited_at: float = 0.0  # when the last 429 came (this worker's clock)
     benched: str | None = None
 
     @property
     def empty(self) -> bool:
-        return self.report().empty
+        return self.report(0.0).empty
 
-    def report(self) -> Report:
+    def report(self, now: float) -> Report:
         return Report(
             self.unused,
             self.correction,
@@ -159,6 +178,7 @@ class _Pending:
             self.ok,
             self.limited,
             self.delay,
+            max(0.0, now - self.limited_at) if self.limited else 0.0,
             self.benched,
         )
 
@@ -305,7 +325,8 @@ def local_pools(
     clients = []
     for spec in pools:
         policy = QuotaPolicy(spec, clock)
+        headers = pool_headers(spec, headers_for)
         clients.append(
-            PoolClient(spec.name, local_lease(policy.lease), pool_headers(spec, headers_for), clock)
+            PoolClient(spec.name, local_lease(policy.lease), headers, clock, policy.report)
         )
     return PooledFlow(clients, clock), PooledAuth({})

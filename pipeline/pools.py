@@ -7,18 +7,20 @@ lives in the pool's broker actor. Workers lease capacity in small blocks (a frac
 second's worth) and report what they used and saw (429s, billed tokens) with their next lease,
 so the policy is asked about once per block, not once per request. The policy is built from the
 same parts as one process's `FlowControl`: FIFO-free token buckets with debt, the cool-down
-gate, AIMD, the 429-pressure detector and the accepted-rate memory.
+gate, AIMD and the accepted-rate memory; only the 429-pressure rule is counted over a second
+of time rather than the last 50 responses (see SharedPressure).
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import SpecError
-from pipeline.limits import PACING, AcceptedRate, Aimd, Clock, CooldownGate, Pressure, TokenBucket
+from pipeline.limits import PACING, AcceptedRate, Aimd, Clock, CooldownGate, TokenBucket
 
 BLOCK_SECONDS = 0.25  # a lease is at most this much of the pool's rate
 STOCK_SECONDS = 0.5  # leased capacity not used within this long goes back (a gate may close)
@@ -94,6 +96,7 @@ class Report:
     ok: int = 0  # responses that were not 429s
     limited: int = 0  # 429s
     retry_delay: float | None = None  # the longest server retry delay among those 429s
+    limited_age: float = 0.0  # seconds since the last of those 429s (a report may come late)
     benched: str | None = None  # a stop (per-day quota, billing, bad key) seen with this pool
 
     @property
@@ -112,6 +115,43 @@ class Grant:
     state: PoolState = PoolState.ACTIVE
     reason: str | None = None  # why the pool is benched
     rpm: float | None = None  # the pool's current (AIMD) rate
+
+
+class SharedPressure:
+    """Share of 429s among the responses of the last second, from every worker (pure).
+
+    One process counts its last 50 responses in order (limits.Pressure); a pool's workers
+    report in batches, and a batch of one worker's 200 OKs must not wipe out another worker's
+    429s that came at the same time. So the same rule (at least 5 429s and 10 % of responses)
+    is applied over a short span of time instead of a count."""
+
+    def __init__(
+        self, clock: Clock, *, span: float = 1.0, min_limited: int = 5, share: float = 0.1
+    ):
+        self._clock = clock
+        self._span = span
+        self._min_limited = min_limited
+        self._share = share
+        self._events: deque[tuple[float, int, int]] = deque()  # (time, ok, limited)
+        self._ok = self._limited = 0
+
+    def record(self, ok: int, limited: int, age: float = 0.0) -> None:
+        self._expire()
+        self._events.append((self._clock() - age, ok, limited))
+        self._ok += ok
+        self._limited += limited
+
+    def _expire(self) -> None:
+        edge = self._clock() - self._span
+        while self._events and self._events[0][0] < edge:
+            _, ok, limited = self._events.popleft()
+            self._ok -= ok
+            self._limited -= limited
+
+    def high(self) -> bool:
+        self._expire()
+        total = self._ok + self._limited
+        return self._limited >= self._min_limited and self._limited >= self._share * total
 
 
 class QuotaPolicy:
@@ -134,7 +174,7 @@ class QuotaPolicy:
         self.tokens = _bucket(spec.tpm, clock)
         self.gate = CooldownGate(clock)
         self.aimd = Aimd(float(spec.rpm)) if spec.rpm > 0 else None
-        self.pressure = Pressure()
+        self.pressure = SharedPressure(clock)
         self.accepted = AcceptedRate()
         self.state = PoolState.ACTIVE
         self.reason: str | None = None
@@ -156,26 +196,27 @@ class QuotaPolicy:
         if now - self._day_start >= DAY:
             self._day_start, self.sent_today = now, 0
         self.sent_today += r.sent
-        for _ in range(r.ok):
-            self.pressure.record(False)
-            if self.aimd is not None:
+        if r.ok or r.limited:
+            self.pressure.record(r.ok, r.limited, r.limited_age if r.limited else 0.0)
+        if self.aimd is not None:
+            for _ in range(r.ok):
                 self.accepted.record(now)
-        for _ in range(r.limited):
-            self.pressure.record(True)
         if r.limited:
             self.rate_limited += r.limited
-            self._on_rate_limited(now, r.retry_delay)
+            self._on_rate_limited(now, r.retry_delay, r.limited_age)
         if r.benched is not None:
             self.bench(r.benched)
 
-    def _on_rate_limited(self, now: float, delay: float | None) -> None:
+    def _on_rate_limited(self, now: float, delay: float | None, age: float = 0.0) -> None:
         """As one process: a stray 429 delays only its request; under pressure the gate closes
-        for the server's delay and AIMD lowers the rate, for every worker of the pool."""
+        for the server's delay and AIMD lowers the rate, for every worker of the pool. The delay
+        counts from when the 429 came, not from when it was reported."""
         if not self.pressure.high():
             return
         self._last_pressure = now
         cooldown = delay if delay is not None else 2.0
-        self.gate.close_for(cooldown)
+        if cooldown > age:
+            self.gate.close_for(cooldown - age)
         aimd = self.aimd
         if aimd is not None and aimd.on_rate_limited(
             now, cooldown, self.accepted.peak_per_minute()

@@ -191,6 +191,7 @@ def test_two_pools_share_the_work_by_their_quotas_and_calls_record_the_pool(
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(90, 90)]
     by_pool = dict(sql(db, "SELECT pool, count(*) FROM calls GROUP BY pool"))
     assert set(by_pool) == {"acme-a", "acme-b"} and by_pool["acme-b"] > by_pool["acme-a"]
+    sim.stop()
     assert not any(e["status"] == 429 for e in read_ledger(sim.ledger))  # type: ignore[attr-defined]
     assert b"key-a" not in db.read_bytes() and b"key-b" not in db.read_bytes()
 

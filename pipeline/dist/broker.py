@@ -22,6 +22,9 @@ class QuotaBroker:
     def lease(self, want: int, tokens_each: int, report: Report) -> Grant:
         return self.policy.lease(want, tokens_each, report)
 
+    def report(self, report: Report) -> None:
+        self.policy.report(report)
+
     def stats(self) -> dict[str, Any]:
         p = self.policy
         return {

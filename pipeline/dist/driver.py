@@ -5,8 +5,8 @@ that dies.
 Each worker slot has a feeder (packs in, at most `2 x concurrency` rows outstanding) and a
 drainer (outcomes out). A row stays outstanding until a final result for it has been drained;
 when a worker dies, its outstanding rows go back to the queue and another worker sends them.
-Calls it had answered but not yet handed back are the only unknowns: at most its in-flight
-count, reported as rows that may have been paid twice.
+Calls it had answered but not yet handed back, and its calls in flight, are the only unknowns:
+each at most its concurrency, reported as rows that may have been paid twice.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ log = logging.getLogger("flashpipe")
 
 DEFAULT_CONCURRENCY = 64  # per worker, with limits.concurrency = "auto"
 MAX_REPLACEMENTS = 8  # dead workers replaced per run; past that the others carry on
+SPAWN_SECONDS = 60.0  # a replacement not running by then is given up (no room in the cluster)
 
 
 def default_pool(run: JobRun) -> PoolSpec:
@@ -99,7 +100,10 @@ class RayRun:
         ]
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         n = self.run.spec.engine.workers or max(1, int(cpus))
-        self.cpus_each = max(0.01, min(1.0, round(cpus / n - 0.005, 2)))
+        # half a worker's share of the cluster's CPUs is reserved for it (one core at most):
+        # enough for Ray to spread the workers, and room left on the surviving nodes to
+        # restart the workers of a node that is lost
+        self.cpus_each = max(0.01, min(1.0, int(cpus / n * 50) / 100))
         self.worker_cls = ray.remote(LaneWorker)
         self.run_no = run_no
         self.slots = [Slot(i) for i in range(n)]
@@ -133,7 +137,9 @@ class RayRun:
         slot.outstanding.clear()
         for pack in _chunks(rows, self.per_request):
             self.requeue.append(pack)
-        bound = min(len(rows), self.concurrency * self.per_request)
+        # its answered calls not yet drained (at most `concurrency`) and its calls in flight
+        # (at most `concurrency`): the only calls that can have been paid for and lost
+        bound = min(len(rows), 2 * self.concurrency * self.per_request)
         self.unknown_bound += bound
         log.warning(
             "worker %d lost (%s): %d rows sent again; at most %d may have been paid twice",
@@ -162,6 +168,14 @@ class RayRun:
                 return
             self.replacements += 1
             await anyio.to_thread.run_sync(self._spawn, slot)
+            try:
+                with anyio.fail_after(SPAWN_SECONDS):
+                    await slot.actor.ping.remote()
+            except (TimeoutError, self.ray.exceptions.RayError):
+                log.warning("worker %d could not be restarted; the others carry on", slot.no)
+                self.ray.kill(slot.actor, no_restart=True)
+                slot.alive = False
+                return
 
     async def _feed(self, slot: Slot, work: ObjectReceiveStream[list[Row]]) -> None:
         cap = self.concurrency * 2 * self.per_request
@@ -307,9 +321,14 @@ async def run_on_ray(
     try:
         n = await anyio.to_thread.run_sync(ray_run.start, run.run_no)
         log.info("running on %d Ray workers", n)
-        async with work, out, anyio.create_task_group() as tg:
-            for slot in ray_run.slots:
-                tg.start_soon(ray_run.drive, slot, work, out)
+        async with work, out:
+            async with anyio.create_task_group() as tg:
+                for slot in ray_run.slots:
+                    tg.start_soon(ray_run.drive, slot, work, out)
+            if not ray_run.finished() and not run.stopping():
+                # no worker left to send the rest: stop resumable, the rows stay pending
+                run.request_stop("provider", "every Ray worker was lost; run the job again")
+                await _discard(work)
         if ray_run.unknown_bound and run.stop_message is None:
             run.stop_message = (
                 f"{ray_run.deaths} Ray worker(s) lost; their rows were sent again, and at most "

@@ -54,6 +54,7 @@ class LaneWorker:
         self.stopping = False
         self.done = False
         self._ready: anyio.Event | None = None
+        self._drained: anyio.Event | _SetEvent = _SetEvent()
         self._send: MemoryObjectSendStream[list[Row]] | None = None
         self._recv: MemoryObjectReceiveStream[list[Row]] | None = None
         self.flow: PooledFlow | None = None
@@ -65,8 +66,13 @@ class LaneWorker:
         spec = self.spec
         provider = build_provider(spec, self.run_no)
         clients = [
-            PoolClient(pool.name, _broker_lease(broker), pool_headers(pool, provider.headers),
-                       time.monotonic)
+            PoolClient(
+                pool.name,
+                _broker_lease(broker),
+                pool_headers(pool, provider.headers),
+                time.monotonic,
+                _broker_push(broker),
+            )
             for pool, broker in zip(self.pools, self.brokers, strict=True)
         ]
         self.flow = PooledFlow(clients)
@@ -118,6 +124,11 @@ class LaneWorker:
         assert dispatcher is not None
 
         async def emit(outcome: Outcome) -> None:
+            # at most `concurrency` answered calls wait for the driver: if this worker dies,
+            # they and its calls in flight are all that can have been paid for and lost
+            while len(self.outcomes) >= self.concurrency:
+                self._drained = anyio.Event()
+                await self._drained.wait()
             self.outcomes.append(outcome)
 
         async with packs:
@@ -159,6 +170,7 @@ class LaneWorker:
         while not self.outcomes and not self.done and time.monotonic() < end:
             await anyio.sleep(0.01)
         out, self.outcomes = self.outcomes, []
+        self._drained.set()
         return out, self.stop, self.done and not self.outcomes
 
     def counters(self) -> dict[str, Any]:
@@ -172,6 +184,24 @@ class LaneWorker:
         import socket
 
         return f"{os.getpid()}@{socket.gethostname()}"
+
+
+class _SetEvent:
+    """Stands for an anyio.Event before the actor's loop runs (nothing waits on it yet)."""
+
+    def set(self) -> None:
+        return None
+
+    async def wait(self) -> None:
+        return None
+
+
+def _broker_push(broker: Any) -> Any:
+    def push(report: Report) -> None:
+        # no answer is awaited; Ray runs the call (and retries it on a restarted broker)
+        broker.report.remote(report)
+
+    return push
 
 
 def _broker_lease(broker: Any) -> Any:
