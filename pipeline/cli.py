@@ -275,6 +275,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if j["message"]:
             line += f" | {j['message']}"
         print(line)
+        for pool, pt in j["pools"].items():
+            rate = f"{pt['requests_per_min']:,} rpm" if pt["requests_per_min"] else "-"
+            print(
+                f"  pool {pool}: {pt['calls']:,} calls, {rate}, 429s {pt['rate_limited']}, ${pt['usd']}"
+            )
         if len(j["lanes"]) > 1 or "standard" not in j["lanes"]:
             lanes = ", ".join(
                 f"{k} {v['rows']:,} rows ${v['usd']}" for k, v in sorted(j["lanes"].items())
@@ -324,6 +329,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
             print(
                 f"  {lane} lane: ${lt['usd']} for {lt['rows']:,} rows, {lt['calls']:,} calls{shed}"
             )
+        for pool, pt in j.get("pools", {}).items():
+            print(f"  pool {pool}: ${pt['usd']} for {pt['calls']:,} calls")
         if j["rows_paid_twice"]:
             print(f"  rows paid twice: {j['rows_paid_twice']}")
     print(f"total: ${report['total_usd']}")

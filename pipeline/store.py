@@ -678,6 +678,26 @@ class Store:
             "last": row[8],
         }
 
+    def pool_totals(self, job: str) -> dict[str, dict[str, Any]]:
+        """Calls, spend, 429s and request rate per key pool (jobs run with [[provider.pool]]
+        or on Ray; a pool is a provider project, never a key)."""
+        rows = self.con.execute(
+            "SELECT pool, count(*), coalesce(sum(cost_usd), 0),"
+            " count(*) FILTER (WHERE outcome = 'rate_limited'), min(started_at), max(started_at)"
+            " FROM calls WHERE job = ? AND pool IS NOT NULL GROUP BY pool ORDER BY pool",
+            [job],
+        ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for pool, calls, spent, limited, first, last in rows:
+            span = (last - first).total_seconds() if first is not None else 0.0
+            out[str(pool)] = {
+                "calls": int(calls),
+                "usd": Decimal(spent),
+                "rate_limited": int(limited),
+                "requests_per_min": round(calls / span * 60, 1) if span > 0 else None,
+            }
+        return out
+
     def cost_by_outcome(self, job: str) -> dict[str, Decimal]:
         """ok: calls whose answers were stored as final; retried: attempts that were re-sent;
         thrown_away: everything else that was billed (failed, blocked rows' attempts)."""

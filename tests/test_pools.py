@@ -6,6 +6,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -194,6 +195,14 @@ def test_two_pools_share_the_work_by_their_quotas_and_calls_record_the_pool(
     sim.stop()
     assert not any(e["status"] == 429 for e in read_ledger(sim.ledger))  # type: ignore[attr-defined]
     assert b"key-a" not in db.read_bytes() and b"key-b" not in db.read_bytes()
+    # cost and status show spend and rate per pool
+    cost = orjson.loads(run_cli("cost", "--json", "--db", str(db)).stdout)["jobs"][0]
+    assert {k: v["calls"] for k, v in cost["pools"].items()} == by_pool
+    total = sum(Decimal(v["usd"]) for v in cost["pools"].values())
+    assert abs(total - Decimal(cost["usd"]["total"])) <= Decimal("0.000002")
+    status = orjson.loads(run_cli("status", "--json", "--db", str(db)).stdout)["jobs"][0]
+    assert status["pools"]["acme-b"]["requests_per_min"] > 0
+    assert "pool acme-a:" in run_cli("status", "--db", str(db)).stdout
 
 
 def test_a_pool_benched_by_its_daily_quota_leaves_its_rows_to_the_other(

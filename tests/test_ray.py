@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -17,7 +20,16 @@ import ray
 from ray.cluster_utils import Cluster
 
 from pipeline.simproc import SimProcess
-from tests.conftest import make_spec, read_ledger, run_sync, sql, ticket_rows, write_jsonl
+from tests.conftest import (
+    ROOT,
+    make_spec,
+    read_ledger,
+    run_cli,
+    run_sync,
+    sql,
+    ticket_rows,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -149,6 +161,50 @@ def test_a_pool_benched_by_its_daily_quota_finishes_on_the_other(
     assert summary.state == "done" and summary.rows == {"ok": 200}
     ok = dict(sql(db, "SELECT pool, count(*) FROM calls WHERE outcome = 'ok' GROUP BY pool"))
     assert ok["proj-a"] <= 15 and ok["proj-a"] + ok["proj-b"] == 200
+
+
+@pytest.mark.slow
+def test_the_cli_joins_the_cluster_and_a_killed_driver_resumes_exactly_once(
+    cluster: dict[str, Any], sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory("--latency-ms", "150")
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(600))
+    db = tmp_path / "s.duckdb"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'''name = "cli-ray"
+task = "classify"
+[input]
+path = "{src}"
+id = "id"
+[provider]
+base_url = "{sim.url}"
+api_key_env = "FP_RAY_KEY_MAIN"
+[limits]
+rpm = 0
+tpm = 0
+concurrency = 8
+[classify]
+labels = ["billing", "bug", "account", "feature_request", "other"]
+'''
+    )
+    address = cluster["cluster"].address
+    args = [sys.executable, "-m", "pipeline", "run", str(job), "--db", str(db), "--quiet"]
+    args += ["--ray", address, "--workers", "2"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ledger_path: Path = sim.ledger  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ledger_path.exists() and len(ledger_path.read_bytes().splitlines()) >= 150:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert sql(db, "SELECT count(*) FROM results")[0][0] < 600  # killed mid-run
+    again = run_cli("run", str(job), "--db", str(db), "--ray", address, "--workers", "2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(600, 600)]
+    assert sql(db, "SELECT count(*) FROM results WHERE status <> 'ok'") == [(0,)]
 
 
 @pytest.mark.slow
