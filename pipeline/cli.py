@@ -194,6 +194,13 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
         f"job {summary.job!r}: {summary.state} - this run stored {rows} in {summary.elapsed_s:.1f} s,"
         f" {summary.requests:,} requests, ${summary.usd.quantize(_SIX)}"
     )
+    if summary.ray:
+        r = summary.ray
+        per = r["leases"] / r["sent"] if r["sent"] else 0.0
+        print(
+            f"ray: {r['workers']} workers ({r['deaths']} lost), {r['leases']:,} broker leases"
+            f" for {r['sent']:,} requests ({per:.3f} per request)"
+        )
     print(f"results: flashpipe query 'SELECT * FROM {summary.view} LIMIT 10' --db {db_path}")
     return 0
 

@@ -79,6 +79,7 @@ class RunSummary:
     usd: Decimal
     elapsed_s: float
     view: str
+    ray: dict[str, Any] | None = None  # workers, deaths, broker leases (engine.kind = "ray")
 
 
 def build_provider(spec: JobSpec, run_no: int = 0) -> Provider:
@@ -691,6 +692,7 @@ async def run_job(
         run.stats.usd,
         time.monotonic() - started,
         view,
+        run.ray_stats or None,
     )
 
 

@@ -66,7 +66,7 @@ class PoolClient:
         self._stock_until = 0.0
         self._tokens_each = 0
         self._not_before = 0.0
-        self.leases = 0
+        self.leases = 0  # calls to the pool's policy (leases and pushed reports)
         self.sent = 0  # requests this worker sent with the pool
         self._r = _Pending()
 
@@ -152,6 +152,7 @@ class PoolClient:
         if self._push is not None:
             report = self._r.report(self._clock())
             self._r = _Pending()
+            self.leases += 1  # a call to the pool all the same
             self._push(report)
 
 

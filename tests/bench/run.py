@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.bench import limiter, speed, state
+from tests.bench import limiter, scale, speed, state
 from tests.bench.report import Section, summary, write
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
@@ -35,11 +35,12 @@ BENCHES: list[tuple[str, str, Callable[[Section], None]]] = [
     ("estimate", "10. Estimate", speed.bench_estimate),
     ("peers", "11. Peers", speed.bench_peers),
     ("limiter", "12. Limiter: aiolimiter vs flashpipe's own", limiter.bench_limiter),
+    ("scale", "13. Past one machine: Ray workers and key pools (issue 17)", scale.bench_scale),
 ]
 # mostly idle (a few requests per second): run alongside the others to save wall time
 # CPU- or latency-bound: nothing else runs beside them (resume start read 2.28 s beside the
 # rpm bench, 1.37-1.63 s alone)
-QUIET = {"sim", "throughput", "latency", "resume"}
+QUIET = {"sim", "throughput", "latency", "resume", "scale"}
 BACKGROUND = {"rpm"}
 
 
