@@ -63,7 +63,8 @@ class PoolClient:
         self.reason: str | None = None
         self.rpm: float | None = None
         self.stock = 0
-        self._stock_until = 0.0
+        self._stock_from = 0.0  # a booked block may be sent from then...
+        self._stock_until = 0.0  # ...until then; what is left goes back
         self._tokens_each = 0
         self._not_before = 0.0
         self.leases = 0  # calls to the pool's policy (leases and pushed reports)
@@ -73,14 +74,19 @@ class PoolClient:
     def next_headers(self) -> dict[str, str]:
         return next(self._headers)
 
+    def _usable(self, now: float) -> bool:
+        return self.stock > 0 and self._stock_from <= now < self._stock_until
+
     def take(self, est_tokens: int) -> bool:
-        if self.stock > 0 and self._clock() < self._stock_until:
+        now = self._clock()
+        if self._usable(now):
             self.stock -= 1
             self.sent += 1
             self._r.sent += 1
             self._r.correction += self._tokens_each - est_tokens
             return True
-        self._expire()
+        if now >= self._stock_until:
+            self._expire()
         return False
 
     def _expire(self) -> None:
@@ -92,10 +98,13 @@ class PoolClient:
     async def refill(self, est_tokens: int) -> float:
         """Lease a block unless stock is left; 0 when there is stock, else the wait."""
         async with self._lock:
-            if self.stock > 0 and self._clock() < self._stock_until:
+            now = self._clock()
+            if self._usable(now):
                 return 0.0
+            if self.stock > 0 and now < self._stock_from:
+                return self._stock_from - now  # a booked block, not due yet
             self._expire()
-            left = self._not_before - self._clock()
+            left = self._not_before - now
             if left > 0:
                 return left
             return await self._call(WANT, est_tokens)
@@ -120,8 +129,9 @@ class PoolClient:
         if grant.requests:
             self.stock = grant.requests
             self._tokens_each = est_tokens
-            self._stock_until = now + STOCK_SECONDS
-            return 0.0
+            self._stock_from = now + grant.start
+            self._stock_until = self._stock_from + STOCK_SECONDS
+            return grant.start
         if want:
             self._not_before = now + grant.wait
         return grant.wait

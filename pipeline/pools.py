@@ -24,6 +24,7 @@ from pipeline.limits import PACING, AcceptedRate, Aimd, Clock, CooldownGate, Tok
 
 BLOCK_SECONDS = 0.25  # a lease is at most this much of the pool's rate
 STOCK_SECONDS = 0.5  # leased capacity not used within this long goes back (a gate may close)
+BOOK_AHEAD = 1.0  # blocks are booked at most this far ahead of the pool's rate
 DAY = 86_400.0
 
 
@@ -115,6 +116,7 @@ class Grant:
     state: PoolState = PoolState.ACTIVE
     reason: str | None = None  # why the pool is benched
     rpm: float | None = None  # the pool's current (AIMD) rate
+    start: float = 0.0  # the requests granted may be sent from this many seconds on
 
 
 class SharedPressure:
@@ -250,22 +252,28 @@ class QuotaPolicy:
         n = max(1, want_requests)
         if rpd:
             n = min(n, rpd - self.sent_today - self._outstanding)
-        if self.requests is not None:
-            n = min(n, max(1, int(self.requests.rate * self._block_seconds)))
-            have = int(self.requests.tokens + 1e-9)
-            if have < 1:
-                return Grant(0, 0, (1 - self.requests.tokens) / self.requests.rate, rpm=rpm)
-            n = min(n, have)
+        start = 0.0
+        bucket = self.requests
+        if bucket is not None:
+            n = min(n, max(1, int(bucket.rate * self._block_seconds)))
+            level = bucket.tokens
+            # a block is booked: taken now (the bucket goes into debt) and sent once the
+            # bucket has earned it, exactly when one process would have been served it; so a
+            # worker asks once per block instead of polling for every token
+            if level - n < -bucket.rate * BOOK_AHEAD:
+                return Grant(0, 0, (n - level) / bucket.rate - BOOK_AHEAD, rpm=rpm)
+            start = max(0.0, (n - level) / bucket.rate)
         tokens = n * max(0, tokens_each)
         if self.tokens is not None and tokens:
             wait = self.tokens.take(tokens)
             if wait > 0:
                 return Grant(0, 0, wait, rpm=rpm)
-        if self.requests is not None:
-            self.requests.take(n)
+        if bucket is not None:
+            bucket.refund(-n)
         self._outstanding += n
         self._climb(self._clock())
-        return Grant(n, tokens, 0.0, rpm=self.aimd.current if self.aimd is not None else None)
+        rpm = self.aimd.current if self.aimd is not None else None
+        return Grant(n, tokens, 0.0, start=start, rpm=rpm)
 
     def _climb(self, now: float) -> None:
         aimd = self.aimd

@@ -28,16 +28,19 @@ class Clock:
         return self.now
 
 
-def drain(policy: QuotaPolicy, clock: Clock, seconds: float, step: float = 0.05) -> list[float]:
-    """Lease greedily for `seconds` of fake time; the time of every request granted."""
+def drain(policy: QuotaPolicy, clock: Clock, seconds: float) -> list[float]:
+    """A worker leasing greedily for `seconds` of fake time, sending each block when it is
+    due; the time of every request sent."""
     sent: list[float] = []
     end = clock.now + seconds
     while clock.now < end:
-        grant = policy.lease(256, 100, Report(sent=0))
-        sent += [clock.now] * grant.requests
+        grant = policy.lease(256, 100)
         if grant.requests:
+            sent += [clock.now + grant.start] * grant.requests
             policy.report(Report(sent=grant.requests))
-        clock.now += step if grant.requests == 0 else 0.0
+            clock.now += grant.start
+        else:
+            clock.now += max(grant.wait, 0.001)
     return sent
 
 
@@ -80,6 +83,16 @@ def test_leases_hold_the_minute_and_ten_second_windows() -> None:
     assert len(sent) >= 0.95 * 1200
 
 
+def test_workers_are_booked_blocks_ahead_instead_of_polling() -> None:
+    clock = Clock()
+    policy = QuotaPolicy(PoolSpec("p", ("K",), rpm=6000), clock)
+    grants = [policy.lease(256, 10) for _ in range(4)]  # four workers ask at the same moment
+    assert all(g.requests == 24 for g in grants)
+    assert [round(g.start, 2) for g in grants] == [0.24, 0.49, 0.73, 0.98]
+    refused = policy.lease(256, 10)  # a second ahead is booked: come back later
+    assert refused.requests == 0 and refused.wait > 0
+
+
 def test_a_lease_is_a_fraction_of_a_second_of_the_rate() -> None:
     clock = Clock()
     policy = QuotaPolicy(PoolSpec("p", ("K",), rpm=60_000), clock)
@@ -91,8 +104,8 @@ def test_a_lease_is_a_fraction_of_a_second_of_the_rate() -> None:
 def test_a_new_broker_starts_empty_so_it_cannot_burst() -> None:
     clock = Clock()
     policy = QuotaPolicy(PoolSpec("p", ("K",), rpm=600), clock)
-    first = policy.lease(256, 100)
-    assert first.requests == 0 and first.wait > 0
+    first = policy.lease(256, 100)  # booked, but due only once the bucket has earned it
+    assert first.requests >= 1 and first.start >= first.requests / (600 / 60) * 0.99
 
 
 def test_429s_reported_by_one_worker_close_the_gate_for_every_worker() -> None:

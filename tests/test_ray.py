@@ -19,6 +19,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from pipeline.errors import SpecError
 from pipeline.simproc import SimProcess
 from tests.conftest import (
     ROOT,
@@ -99,6 +100,20 @@ def test_every_row_is_stored_exactly_once_with_four_workers(
     )
 
 
+def test_a_key_missing_on_the_workers_nodes_is_a_one_line_error(
+    cluster: dict[str, Any],
+    sim_factory: Callable[..., SimProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = sim_factory()
+    monkeypatch.setenv("FP_RAY_KEY_DRIVER_ONLY", "sim-key")  # not in the nodes' environment
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(5))
+    spec = ray_spec(sim, src, workers=1, provider={"api_key_env": "FP_RAY_KEY_DRIVER_ONLY"})
+    with pytest.raises(SpecError, match=r"Ray worker .*FP_RAY_KEY_DRIVER_ONLY is not set"):
+        run_sync(spec, tmp_path / "s.duckdb")
+
+
 @pytest.mark.slow
 def test_two_pools_each_hold_their_quota_across_four_workers(
     cluster: dict[str, Any], sim_factory: Callable[..., SimProcess], tmp_path: Path
@@ -161,6 +176,36 @@ def test_a_pool_benched_by_its_daily_quota_finishes_on_the_other(
     assert summary.state == "done" and summary.rows == {"ok": 200}
     ok = dict(sql(db, "SELECT pool, count(*) FROM calls WHERE outcome = 'ok' GROUP BY pool"))
     assert ok["proj-a"] <= 15 and ok["proj-a"] + ok["proj-b"] == 200
+
+
+@pytest.mark.slow
+def test_a_killed_broker_is_recreated_without_a_burst(
+    cluster: dict[str, Any], sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    sim = sim_factory("--rpm", "600", "--latency-ms", "20")
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(200))
+    db = tmp_path / "s.duckdb"
+    spec = ray_spec(sim, src, limits={"rpm": 600})
+    done: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: done.update(summary=run_sync(spec, db)))
+    runner.start()
+    ledger_path: Path = sim.ledger  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if ledger_path.exists() and len(ledger_path.read_bytes().splitlines()) >= 60:
+            break
+        time.sleep(0.1)
+    broker = ray.get_actor("flashpipe-broker-t-default")
+    before = ray.get(broker.stats.remote())["started"]
+    ray.kill(broker, no_restart=False)  # Ray restarts it; the leases in flight are retried
+    after = ray.get(broker.stats.remote(), timeout=60)["started"]
+    runner.join(120)
+    sim.stop()
+    assert after > before  # a new broker, empty buckets
+    assert done["summary"].rows == {"ok": 200}
+    ledger = read_ledger(ledger_path)
+    assert [e for e in ledger if e["status"] == 429] == []
+    assert windows([e["t"] for e in ledger], 10.0) <= 600 / 6 * 1.1 + 1
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from pipeline.dist import require_ray
 from pipeline.dist.broker import QuotaBroker
 from pipeline.dist.rows import encode_packs
 from pipeline.dist.worker import LaneWorker
-from pipeline.errors import UsageError
+from pipeline.errors import SpecError, UsageError
 from pipeline.pools import PoolSpec
 from pipeline.sources import Row
 from pipeline.store import ResultRecord
@@ -91,6 +91,7 @@ class RayRun:
         broker_cls = ray.remote(QuotaBroker)
         self.brokers = [
             broker_cls.options(
+                name=f"flashpipe-broker-{self.run.spec.name}-{pool.name}",
                 num_cpus=0,
                 max_restarts=-1,
                 max_task_retries=-1,
@@ -109,6 +110,10 @@ class RayRun:
         self.slots = [Slot(i) for i in range(n)]
         for slot in self.slots:
             self._spawn(slot)
+        # every worker up, and able to run (its node has the keys), before rows are handed out
+        for where, error in ray.get([s.actor.ping.remote() for s in self.slots]):
+            if error is not None:
+                raise SpecError(f"Ray worker {where}: {error}")
         return n
 
     def _spawn(self, slot: Slot) -> None:
@@ -170,7 +175,9 @@ class RayRun:
             await anyio.to_thread.run_sync(self._spawn, slot)
             try:
                 with anyio.fail_after(SPAWN_SECONDS):
-                    await slot.actor.ping.remote()
+                    _, error = await slot.actor.ping.remote()
+                if error is not None:
+                    raise TimeoutError(error)
             except (TimeoutError, self.ray.exceptions.RayError):
                 log.warning("worker %d could not be restarted; the others carry on", slot.no)
                 self.ray.kill(slot.actor, no_restart=True)

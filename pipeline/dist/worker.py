@@ -21,6 +21,7 @@ from pipeline.budget import Budget
 from pipeline.catalog import model_limits
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, StopDispatch
 from pipeline.dist.rows import decode_packs
+from pipeline.errors import FlashpipeError
 from pipeline.poolflow import PoolClient, PooledAuth, PooledFlow, pool_headers
 from pipeline.pools import Grant, PoolSpec, Report
 from pipeline.pricing import resolve_prices
@@ -59,6 +60,16 @@ class LaneWorker:
         self._recv: MemoryObjectReceiveStream[list[Row]] | None = None
         self.flow: PooledFlow | None = None
         self.dispatcher: Dispatcher | None = None
+        # the keys come from this node's environment: a missing one is told to the driver
+        self.error: str | None = None
+        try:
+            from pipeline.engine import build_provider
+
+            headers_for = build_provider(self.spec).headers
+            for pool in self.pools:
+                pool_headers(pool, headers_for)
+        except FlashpipeError as exc:
+            self.error = str(exc)
 
     def _build(self) -> None:
         from pipeline.engine import build_provider
@@ -98,6 +109,7 @@ class LaneWorker:
         )
         send, recv = anyio.create_memory_object_stream[list[Row]](self.concurrency * 4)
         self._send, self._recv = send, recv
+        self._drained = anyio.Event()  # a real event before any task can wait on it
         self._ready = anyio.Event()
 
     async def run(self) -> dict[str, Any]:
@@ -127,7 +139,6 @@ class LaneWorker:
             # at most `concurrency` answered calls wait for the driver: if this worker dies,
             # they and its calls in flight are all that can have been paid for and lost
             while len(self.outcomes) >= self.concurrency:
-                self._drained = anyio.Event()
                 await self._drained.wait()
             self.outcomes.append(outcome)
 
@@ -170,7 +181,8 @@ class LaneWorker:
         while not self.outcomes and not self.done and time.monotonic() < end:
             await anyio.sleep(0.01)
         out, self.outcomes = self.outcomes, []
-        self._drained.set()
+        self._drained.set()  # wakes every task waiting to hand over an answer
+        self._drained = anyio.Event()
         return out, self.stop, self.done and not self.outcomes
 
     def counters(self) -> dict[str, Any]:
@@ -179,11 +191,12 @@ class LaneWorker:
         sent = sum(p.sent for p in flow.pools) if flow is not None else 0
         return {"worker": self.worker_no, "leases": leases, "sent": sent}
 
-    def ping(self) -> str:
+    def ping(self) -> tuple[str, str | None]:
+        """(pid@host, the error that keeps this worker from running, if any)."""
         import os
         import socket
 
-        return f"{os.getpid()}@{socket.gethostname()}"
+        return f"{os.getpid()}@{socket.gethostname()}", self.error
 
 
 class _SetEvent:
