@@ -31,7 +31,7 @@ from pipeline.budget import Budget
 from pipeline.catalog import label_value, model_limits, vertex_model_path
 from pipeline.channel import ChannelReceiver, channel
 from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
-from pipeline.errors import BudgetExhausted, Interrupted, ProviderStop, SpecError
+from pipeline.errors import BudgetExhausted, FlashpipeError, Interrupted, ProviderStop, SpecError
 from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.lanes.api import BatchApi
 from pipeline.lanes.gemini_batch import GeminiBatchApi
@@ -161,6 +161,7 @@ class JobRun:
         self.spec = spec
         self.run_no = run_no
         self.ray_stats: dict[str, Any] = {}  # workers, deaths, leases (engine.kind = "ray")
+        self.ray_run: Any = None  # pipeline.dist.driver.RayRun, started before the stages
         self.journal = journal
         self._committed = anyio.Event()
         self._committed.set()
@@ -671,6 +672,15 @@ async def run_job(
         run.stats.rows_total = rows_total
         run.stats.rows_total_exact = exact
         run.stats.rows_before = done_before
+        if spec.engine.kind == "ray":
+            from pipeline.dist.driver import start_on_ray
+
+            try:
+                run.ray_run = await start_on_ray(run)
+            except FlashpipeError as exc:  # nothing was sent: the job stops, resumable
+                await thread.run(store.set_state, spec.name, "stopped", str(exc), None)
+                run = None
+                raise
         with fewer_gc_passes():
             await _run_stages(run, handle_signals)
     finally:

@@ -77,6 +77,7 @@ class RayRun:
         self.unknown_bound = 0  # rows in calls dead workers may have had answered
         self.stats: list[dict[str, Any]] = []
         self.doc: dict[str, Any] = {}
+        self.ours = False  # this run started (or joined) Ray, and disconnects at the end
 
     # -- set-up --------------------------------------------------------------------------------
     def start(self, run_no: int) -> int:
@@ -315,6 +316,28 @@ def connect(ray: Any, address: str, run: JobRun) -> bool:
     return True
 
 
+async def start_on_ray(run: JobRun) -> RayRun:
+    """Join or start Ray, start the brokers and the workers and check them, before any stage
+    runs: an error here (no Ray, no cluster, a key missing on a node) is one line, nothing sent."""
+    ray = require_ray()
+    ray_run = RayRun(run, ray)
+    ray_run.ours = await anyio.to_thread.run_sync(connect, ray, run.spec.engine.address, run)
+    try:
+        n = await anyio.to_thread.run_sync(ray_run.start, run.run_no)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _shutdown(ray_run)
+        raise
+    log.info("running on %d Ray workers", n)
+    return ray_run
+
+
+async def _shutdown(ray_run: RayRun) -> None:
+    await anyio.to_thread.run_sync(ray_run.shutdown)
+    if ray_run.ours:
+        await anyio.to_thread.run_sync(ray_run.ray.shutdown)
+
+
 async def run_on_ray(
     run: JobRun,
     work: ObjectReceiveStream[list[Row]],
@@ -322,12 +345,9 @@ async def run_on_ray(
 ) -> None:
     """The worker stage of a run, on Ray: returns when every pack has a final result (or the
     job stops)."""
-    ray = require_ray()
-    ours = await anyio.to_thread.run_sync(connect, ray, run.spec.engine.address, run)
-    ray_run = RayRun(run, ray)
+    ray_run = run.ray_run
+    assert isinstance(ray_run, RayRun)
     try:
-        n = await anyio.to_thread.run_sync(ray_run.start, run.run_no)
-        log.info("running on %d Ray workers", n)
         async with work, out:
             async with anyio.create_task_group() as tg:
                 for slot in ray_run.slots:
@@ -350,6 +370,4 @@ async def run_on_ray(
         }
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(ray_run.shutdown)
-            if ours:
-                await anyio.to_thread.run_sync(ray.shutdown)
+            await _shutdown(ray_run)
