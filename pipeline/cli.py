@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--no-cache", action="store_true", help="neither reuse nor keep answers")
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run the online lane on Ray workers (no ADDRESS: start Ray on this machine)",
+    )
+    run.add_argument("--workers", type=int, default=None, help="Ray worker actors (with --ray)")
     db(run)
 
     resume = sub.add_parser("resume", help="resume a job from the spec stored in the store")
@@ -203,6 +212,13 @@ def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
         f"job {summary.job!r}: {summary.state} - this run stored {rows} in {summary.elapsed_s:.1f} s,"
         f" {summary.requests:,} requests, ${summary.usd.quantize(_SIX)}"
     )
+    if summary.ray:
+        r = summary.ray
+        per = r["leases"] / r["sent"] if r["sent"] else 0.0
+        print(
+            f"ray: {r['workers']} workers ({r['deaths']} lost), {r['leases']:,} broker leases"
+            f" for {r['sent']:,} requests ({per:.3f} per request)"
+        )
     print(f"results: flashpipe query 'SELECT * FROM {summary.view} LIMIT 10' --db {db_path}")
     _check_failed(spec, summary.job, summary.rows, db_path)
     return 0
@@ -233,7 +249,14 @@ def _check_failed(spec: JobSpec, job: str, rows: dict[str, int], db_path: str) -
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.job, args.set + (["cache=false"] if args.no_cache else []))
+    overrides = list(args.set) + (["cache=false"] if args.no_cache else [])
+    if args.ray is not None:
+        overrides += ['engine.kind="ray"', f"engine.address={orjson.dumps(args.ray).decode()}"]
+    if args.workers is not None:
+        if args.ray is None:
+            raise UsageError("--workers needs --ray")
+        overrides.append(f"engine.workers={args.workers}")
+    spec = load_spec(args.job, overrides)
     return _execute(spec, args, args.restart)
 
 
@@ -309,6 +332,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {j['changed_rows']:,} stored rows no longer match the input;"
                 f" `flashpipe retry {j['name']} --changed` re-queues them"
             )
+        for pool, pt in j["pools"].items():
+            rate = f"{pt['requests_per_min']:,} rpm" if pt["requests_per_min"] else "-"
+            print(
+                f"  pool {pool}: {pt['calls']:,} calls, {rate}, 429s {pt['rate_limited']}, ${pt['usd']}"
+            )
         if j["lanes"] and (len(j["lanes"]) > 1 or "standard" not in j["lanes"]):
             lanes = ", ".join(
                 f"{k} {v['rows']:,} rows ${v['usd']}" for k, v in sorted(j["lanes"].items())
@@ -358,6 +386,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
             print(
                 f"  {lane} lane: ${lt['usd']} for {lt['rows']:,} rows, {lt['calls']:,} calls{shed}"
             )
+        for pool, pt in j.get("pools", {}).items():
+            print(f"  pool {pool}: ${pt['usd']} for {pt['calls']:,} calls")
         if j["rows_paid_twice"]:
             print(f"  rows paid twice: {j['rows_paid_twice']}")
         if j["cache"]["rows"]:

@@ -22,7 +22,7 @@ from pipeline.budget import Budget
 from pipeline.errors import ProviderStop
 from pipeline.escalate import Trigger, escalates
 from pipeline.feedback import with_feedback
-from pipeline.limits import FlowControl
+from pipeline.limits import Flow
 from pipeline.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices, worst_case_cost
 from pipeline.providers.base import Prompt, Provider, Reply, ReplyKind, Shape
 from pipeline.retry import Action, ErrorClass, RetryPolicy
@@ -101,7 +101,7 @@ class Dispatcher:
         provider: Provider,
         transport: Transport,
         auth: Auth,
-        flow: FlowControl,
+        flow: Flow,
         budget: Budget,
         prices: Prices,
         policy: RetryPolicy,
@@ -300,6 +300,8 @@ class Dispatcher:
             assert self.escalate_to is not None
             await self.escalate_to.take(up, emit)
         if outcome == "stopped":
+            if self.flow.bench_current(error or "the provider refused the key"):
+                return [group]  # that key pool is out: its rows go to the others
             raise StopDispatch("provider", error or "the provider refused the job")
         if retry:
             delay = max(d for _, d in retry)
@@ -450,6 +452,7 @@ class Dispatcher:
             model_version=reply.model_version,
             response_id=reply.response_id,
             lane=lane,
+            pool=self.flow.pool_name(),
         )
 
     async def _shed(

@@ -49,7 +49,7 @@ from pipeline.journal import CallJournal, journal_files, read_journal
 from pipeline.lanes.api import BatchApi
 from pipeline.lanes.gemini_batch import GeminiBatchApi
 from pipeline.lanes.runner import BatchOutcome, BatchRunner
-from pipeline.limits import FlowControl
+from pipeline.limits import Flow, FlowControl
 from pipeline.pricing import resolve_prices
 from pipeline.progress import ProgressReporter, RunStats
 from pipeline.providers.base import Provider
@@ -93,6 +93,7 @@ class RunSummary:
     usd: Decimal
     elapsed_s: float
     view: str
+    ray: dict[str, Any] | None = None  # workers, deaths, broker leases (engine.kind = "ray")
 
 
 def build_provider(spec: JobSpec, run_no: int = 0) -> Provider:
@@ -119,6 +120,12 @@ def build_auth(spec: JobSpec, api_key: str | None) -> Auth:
     """The API key from the environment, or Vertex AI's credentials; read before anything
     opens, so a missing one is a one-line error with nothing sent."""
     p = spec.provider
+    if p.pools:  # every pool's keys are read when its client is built; check them now
+        from pipeline.poolflow import PooledAuth, pool_headers
+
+        for pool in p.pools:
+            pool_headers(pool, lambda key: {})
+        return PooledAuth({})
     if p.api == "vertex":
         return GoogleAuth.from_environment(p.credentials_file, {"content-type": "application/json"})
     key = api_key if api_key is not None else os.environ.get(p.api_key_env)
@@ -188,13 +195,20 @@ class JobRun:
         journal: CallJournal,
     ):
         self.spec = spec
+        self.run_no = run_no
+        self.ray_stats: dict[str, Any] = {}  # workers, deaths, leases (engine.kind = "ray")
+        self.ray_run: Any = None  # pipeline.dist.driver.RayRun, started before the stages
         self.journal = journal
         self._committed = anyio.Event()
         self._committed.set()
         self.store = store
         self.task: Task = build_task(spec)
         self.prices = resolve_prices(spec)
-        self.flow = FlowControl(spec.limits.rpm, spec.limits.tpm, time.monotonic)
+        self.flow: Flow = FlowControl(spec.limits.rpm, spec.limits.tpm, time.monotonic)
+        if spec.provider.pools and spec.engine.kind == "local":
+            from pipeline.poolflow import local_pools
+
+            self.flow, auth = local_pools(spec.provider.pools, build_provider(spec).headers)
         self.budget = Budget(spec.max_usd, spent_before)
         self.progress = progress
         self.db_path = db_path
@@ -771,6 +785,15 @@ async def run_job(
         run.stats.rows_total = rows_total
         run.stats.rows_total_exact = exact
         run.stats.rows_before = done_before
+        if spec.engine.kind == "ray":
+            from pipeline.dist.driver import start_on_ray
+
+            try:
+                run.ray_run = await start_on_ray(run)
+            except FlashpipeError as exc:  # nothing was sent: the job stops, resumable
+                await thread.run(store.set_state, spec.name, "stopped", str(exc), None)
+                run = None
+                raise
         with fewer_gc_passes():
             try:
                 await _run_stages(run, handle_signals)
@@ -803,6 +826,7 @@ async def run_job(
         run.stats.usd,
         time.monotonic() - started,
         view,
+        run.ray_stats or None,
     )
 
 
@@ -858,8 +882,13 @@ async def _run_stages(run: JobRun, handle_signals: bool) -> None:
                 else:
                     moved_recv.close()
                 async with moved_send, anyio.create_task_group() as pool:
-                    for _ in range(run.workers):
-                        pool.start_soon(run.work, work_recv.clone(), out_send.clone())
+                    if run.spec.engine.kind == "ray":  # the lane runs in Ray worker actors
+                        from pipeline.dist.driver import run_on_ray
+
+                        pool.start_soon(run_on_ray, run, work_recv.clone(), out_send.clone())
+                    else:
+                        for _ in range(run.workers):
+                            pool.start_soon(run.work, work_recv.clone(), out_send.clone())
                     work_recv.close()
                     out_send.close()
         ticker.cancel()

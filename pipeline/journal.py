@@ -54,6 +54,7 @@ def encode(job: str, c: CallRecord) -> bytes:
                 c.model_version,
                 c.response_id,
                 c.lane,
+                c.pool,
             ]
         )
         + b"\n"
@@ -77,6 +78,7 @@ def decode(line: bytes) -> tuple[str, CallRecord]:
         model_version=f[12],
         response_id=f[13],
         lane=f[14] if len(f) > 14 else "standard",
+        pool=f[15] if len(f) > 15 else None,
     )
 
 

@@ -11,6 +11,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 
@@ -298,3 +299,32 @@ class FlowControl:
     @property
     def current_rpm(self) -> float | None:
         return self.aimd.current if self.aimd is not None else None
+
+    def bench_current(self, reason: str) -> bool:
+        """One key, one pool: a refusal of the key stops the job (see pipeline.poolflow)."""
+        return False
+
+    def pool_name(self) -> str | None:
+        return None
+
+
+class Flow(Protocol):
+    """What the attempt loop asks of flow control: FlowControl here, or key pools
+    (pipeline.poolflow.PooledFlow), in one process or leased from Ray's quota brokers."""
+
+    rate_limited: int
+
+    async def acquire(self, est_tokens: int) -> None: ...
+
+    def settle_tokens(self, est_tokens: int, actual_tokens: int) -> None: ...
+
+    def on_response(self, rate_limited: bool) -> None: ...
+
+    def on_rate_limited(self, delay: float | None) -> None: ...
+
+    def bench_current(self, reason: str) -> bool: ...
+
+    def pool_name(self) -> str | None: ...
+
+    @property
+    def current_rpm(self) -> float | None: ...

@@ -99,6 +99,9 @@ def cost_report(store: Store, name: str | None) -> dict[str, Any]:
             entry["usd"]["output"] = usd(money_out)
             entry["prices_per_m"] = _price_dict(prices)
         entry["usd_exact"] = str(t["usd"])
+        pools = store.pool_totals(job)
+        if pools:
+            entry["pools"] = {k: {**v, "usd": usd(v["usd"])} for k, v in pools.items()}
         jobs.append(entry)
         total += t["usd"]
     return {"jobs": jobs, "total_usd": usd(total), "total_usd_exact": str(total)}
@@ -165,6 +168,9 @@ def status_report(store: Store, name: str | None) -> dict[str, Any]:
                     for lane, lt in store.lane_totals(job).items()
                 },
                 "batches": [_batch_view(b) for b in store.batch_list(job)],
+                "pools": {
+                    k: {**v, "usd": usd(v["usd"])} for k, v in store.pool_totals(job).items()
+                },
                 "runs": row["runs"],
                 "updated_at": row["updated_at"].isoformat() if row["updated_at"] else None,
             }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -18,6 +18,7 @@ import orjson
 
 from pipeline.catalog import Channel, model_limits, vertex_base_url
 from pipeline.errors import SpecError
+from pipeline.pools import PoolSpec, group_pools
 
 TASKS = ("classify", "translate", "moderate", "custom")
 APIS = ("gemini", "openai", "vertex")
@@ -43,8 +44,10 @@ TOP_KEYS = {
     "dedupe",
     "cache",
     "escalate",
+    "engine",
     *TASKS,
 }
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class ProviderSpec:
     location: str = "global"
     credentials_file: str | None = None  # a service-account or ADC JSON; default: ADC lookup
     labels: tuple[tuple[str, str], ...] = ()  # sent on every Vertex request, with job and run
+    # [[provider.pool]]: several keys, one quota per project (empty: api_key_env and [limits])
+    pools: tuple[PoolSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,15 @@ class EscalateSpec:
     model: str
     thinking: str | None = None  # None: the job's own
     on: tuple[str, ...] = ("invalid", "failed")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """[engine]: where the online lane runs (this process, or Ray workers)."""
+
+    kind: str = "local"  # local | ray
+    address: str = ""  # "" = start a Ray on this machine; else a cluster to join
+    workers: int = 0  # 0 = one per CPU of the cluster
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,7 @@ class JobSpec:
     dedupe: bool = True  # rows whose request would be identical are sent once
     cache: bool = True  # answers stored by any job are reused, and this job's are kept
     escalate: EscalateSpec | None = None
+    engine: EngineSpec = field(default_factory=EngineSpec)
     raw: str = "{}"  # the merged TOML document as JSON, stored with the job
 
     def identity(self) -> dict[str, Any]:
@@ -375,6 +390,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
             "location",
             "credentials_file",
             "labels",
+            "pool",
         },
     )
     lane = _choice(prov, "lane", "provider.lane", "standard", LANES)
@@ -514,6 +530,18 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         stall_seconds=_num(bt, "stall_seconds", "batch.stall_seconds", 86_400.0, 0.01),
     )
 
+    pools = _pools(prov, api, limits)
+    if pools:
+        provider = replace(provider, pools=pools)
+    eng = _table(doc, "engine", {"kind", "address", "workers"})
+    engine = EngineSpec(
+        kind=_choice(eng, "kind", "engine.kind", "local", ENGINES),
+        address=str(eng.get("address") or ""),
+        workers=_int(eng, "workers", "engine.workers", 0),
+    )
+    if engine.kind == "ray" and lane != "standard":
+        raise _fail("engine.kind", "ray", f'"local" with provider.lane = {lane!r}')
+
     store = _table(doc, "store", {"path"})
     store_path = _str(store, "path", "store.path") if "path" in store else None
 
@@ -552,6 +580,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         dedupe=dedupe,
         cache=cache,
         escalate=escalate,
+        engine=engine,
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )
@@ -586,6 +615,17 @@ def _escalate(doc: Mapping[str, Any], lane: str, max_output: int) -> EscalateSpe
             f"at most {cap.max_output:,}, the output cap of {model} ({cap.source})",
         )
     return EscalateSpec(model, thinking, tuple(dict.fromkeys(on)))
+
+
+def _pools(prov: Mapping[str, Any], api: str, limits: Limits) -> tuple[PoolSpec, ...]:
+    entries = prov.get("pool")
+    if entries is None:
+        return ()
+    if not isinstance(entries, list) or not entries:
+        raise _fail("provider.pool", entries, "[[provider.pool]] tables")
+    if api == "vertex":
+        raise _fail("provider.pool", "...", 'api = "gemini" or "openai" (Vertex AI has no keys)')
+    return group_pools(entries, limits.rpm, limits.tpm)
 
 
 def _vertex(prov: Mapping[str, Any], api: str, lane: str) -> dict[str, Any]:

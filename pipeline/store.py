@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS calls (
     model_version VARCHAR,
     response_id VARCHAR,
     recovered BOOLEAN DEFAULT false,
-    lane VARCHAR DEFAULT 'standard'
+    lane VARCHAR DEFAULT 'standard',
+    pool VARCHAR
 );
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS recovered BOOLEAN DEFAULT false;
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS lane VARCHAR DEFAULT 'standard';
@@ -107,6 +108,7 @@ CREATE TABLE IF NOT EXISTS answers (
     row_id VARCHAR,
     created_at TIMESTAMPTZ
 );
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS pool VARCHAR;
 CREATE TABLE IF NOT EXISTS batches (
     job VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
@@ -184,6 +186,7 @@ CALL_SCHEMA = pa.schema(
         ("response_id", pa.string()),
         ("recovered", pa.bool_()),
         ("lane", pa.string()),
+        ("pool", pa.string()),  # the key pool (a provider project) it went through; never a key
     ]
 )
 BATCH_ROW_SCHEMA = pa.schema(
@@ -237,6 +240,7 @@ class CallRecord:
     model_version: str | None
     response_id: str | None
     lane: str = "standard"
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -951,6 +955,26 @@ class Store:
             "last": row[8],
         }
 
+    def pool_totals(self, job: str) -> dict[str, dict[str, Any]]:
+        """Calls, spend, 429s and request rate per key pool (jobs run with [[provider.pool]]
+        or on Ray; a pool is a provider project, never a key)."""
+        rows = self.con.execute(
+            "SELECT pool, count(*), coalesce(sum(cost_usd), 0),"
+            " count(*) FILTER (WHERE outcome = 'rate_limited'), min(started_at), max(started_at)"
+            " FROM calls WHERE job = ? AND pool IS NOT NULL GROUP BY pool ORDER BY pool",
+            [job],
+        ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for pool, calls, spent, limited, first, last in rows:
+            span = (last - first).total_seconds() if first is not None else 0.0
+            out[str(pool)] = {
+                "calls": int(calls),
+                "usd": Decimal(spent),
+                "rate_limited": int(limited),
+                "requests_per_min": round(calls / span * 60, 1) if span > 0 else None,
+            }
+        return out
+
     def cost_by_outcome(self, job: str) -> dict[str, Decimal]:
         """ok: calls whose answers were stored as final; retried: attempts that were re-sent;
         thrown_away: everything else that was billed (failed, blocked rows' attempts)."""
@@ -1080,6 +1104,7 @@ def _calls_table(job: str, records: Sequence[CallRecord], *, recovered: bool = F
             "response_id": [c.response_id for c in records],
             "recovered": [recovered] * len(records),
             "lane": [c.lane for c in records],
+            "pool": [c.pool for c in records],
         },
         schema=CALL_SCHEMA,
     )

@@ -121,14 +121,14 @@ class Batches:
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
             return self._json(403, envelopes.unregistered())
-        if key != self.sim.cfg.key:
+        if key not in self.sim.projects:
             return self._json(400, envelopes.api_key_invalid())
         return key
 
     def _openai_key(self, request: web.Request) -> web.Response | str:
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if key != self.sim.cfg.key:
+        if key not in self.sim.projects:
             return self._json(401, envelopes.openai_bad_key(key), openai=True)
         return key
 

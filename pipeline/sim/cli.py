@@ -20,14 +20,28 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--profile", default="clean", choices=sorted(PROFILES))
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--key", default="sim-key", help="the only API key accepted")
+    p.add_argument(
+        "--key",
+        action="append",
+        default=None,
+        metavar="KEY[=PROJECT]",
+        help="an API key accepted (repeat for more); keys of one PROJECT share its quota",
+    )
     p.add_argument("--latency-ms", type=float, default=None)
-    p.add_argument("--rpm", type=int, default=None)
-    p.add_argument("--tpm", type=int, default=None)
-    p.add_argument("--rpd", type=int, default=None)
+    for limit in ("rpm", "tpm", "rpd"):
+        p.add_argument(
+            f"--{limit}",
+            action="append",
+            default=[],
+            metavar="N|PROJECT=N",
+            help=f"{limit} of every project, or of one project (repeatable)",
+        )
     p.add_argument("--ledger", default=None, help="append one JSON line per request")
     p.add_argument("--fault", action="append", default=[], metavar="NAME=RATE")
     p.add_argument("--hang-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--fault-retry-s", type=float, default=1.0, help="retryDelay of an injected Gemini 429"
+    )
     p.add_argument("--cache-min-tokens", type=int, default=1024)
     p.add_argument("--flex-shed", type=float, default=0.0, help="share of Flex calls refused")
     p.add_argument("--flex-slowdown", type=float, default=2.0)
@@ -54,8 +68,19 @@ def parse_args(argv: list[str] | None) -> Config:
     a = p.parse_args(argv)
     try:
         faults = dict(parse_rate(f) for f in a.fault)
+        keys = [k.partition("=") for k in (a.key or ["sim-key"])]
+        limits = {name: _limits(getattr(a, name)) for name in ("rpm", "tpm", "rpd")}
     except ValueError as e:
         p.error(str(e))
+    main_key = keys[0][0]
+    projects = {k: (proj if sep else k) for k, sep, proj in keys}
+    per_project: dict[str, tuple[int | None, int | None, int | None]] = {}
+    for name in {proj for _, per in limits.values() for proj in per}:
+        per_project[name] = (
+            limits["rpm"][1].get(name, limits["rpm"][0]),
+            limits["tpm"][1].get(name, limits["tpm"][0]),
+            limits["rpd"][1].get(name, limits["rpd"][0]),
+        )
     for fate in a.batch_fault:
         number = fate.partition("=")[2]
         if fate not in ("ok", "expire", "fail", "stall", "lie") and not (
@@ -70,11 +95,14 @@ def parse_args(argv: list[str] | None) -> Config:
         port=a.port,
         profile=a.profile,
         seed=a.seed,
-        key=a.key,
+        key=main_key,
         latency_ms=a.latency_ms,
-        rpm=a.rpm,
-        tpm=a.tpm,
-        rpd=a.rpd,
+        rpm=limits["rpm"][0],
+        tpm=limits["tpm"][0],
+        rpd=limits["rpd"][0],
+        keys=projects,
+        fault_retry_s=a.fault_retry_s,
+        project_limits=per_project,
         ledger=a.ledger,
         faults=faults,
         hang_seconds=a.hang_seconds,
@@ -86,6 +114,21 @@ def parse_args(argv: list[str] | None) -> Config:
         batch_create_delay=a.batch_create_delay,
         token_seconds=a.token_seconds,
     )
+
+
+def _limits(values: list[str]) -> tuple[int | None, dict[str, int]]:
+    """['600', 'acme-1=300'] -> (600, {'acme-1': 300})."""
+    default: int | None = None
+    per: dict[str, int] = {}
+    for value in values:
+        name, sep, n = value.rpartition("=")
+        if not n.isdigit():
+            raise ValueError(f"{value!r}: expected N or PROJECT=N")
+        if sep:
+            per[name] = int(n)
+        else:
+            default = int(n)
+    return default, per
 
 
 async def serve(cfg: Config) -> int:

@@ -184,11 +184,11 @@ def chunks(r: Result, model: str, rid: str) -> list[dict[str, Any]]:
 
 
 def fault_error(
-    fault: str, model: str, version: str, method: str, rpm: int, rpd: int
+    fault: str, model: str, version: str, method: str, rpm: int, rpd: int, retry_s: float = 1.0
 ) -> tuple[int, Any] | None:
     """(status, body) of an error fault on a Gemini endpoint, or None for non-error faults."""
     if fault == "429":
-        return 429, envelopes.quota(model, per="minute", limit=rpm, retry_s=1.0)
+        return 429, envelopes.quota(model, per="minute", limit=rpm, retry_s=retry_s)
     if fault in ("429-day", "insufficient_quota"):
         return 429, envelopes.quota(model, per="day", limit=rpd, retry_s=1.0)
     if fault == "404":

@@ -53,6 +53,13 @@ class Config:
     batch_faults: list[str] = field(default_factory=list)  # one per created batch, in order
     batch_create_delay: float = 0.0  # the first batch create answers this late (it is created)
     token_seconds: float = 3600.0  # life of a Vertex AI access token from /token
+    # more keys, each in a project (keys of a project share its quota windows), and limits of
+    # a project's own (rpm, tpm, rpd); the main `key` is a project of its own name
+    keys: dict[str, str] = field(default_factory=dict)
+    fault_retry_s: float = 1.0  # the retryDelay of an injected Gemini per-minute 429
+    project_limits: dict[str, tuple[int | None, int | None, int | None]] = field(
+        default_factory=dict
+    )
 
 
 class Sim:
@@ -66,7 +73,8 @@ class Sim:
         if latency is None:
             latency = 0 if cfg.profile == "clean" else 20
         self.latency = latency / 1000
-        self.quota = Quota(cfg.rpm, cfg.tpm, cfg.rpd)
+        self.projects = {cfg.key: cfg.key, **cfg.keys}
+        self.quota = Quota(cfg.rpm, cfg.tpm, cfg.rpd, cfg.project_limits)
         self.ledger = Ledger(cfg.ledger)
         self.logging = cfg.ledger is not None
         self.cache: set[tuple[str, str, int]] = set()
@@ -138,6 +146,7 @@ class Sim:
                 "text_hash": hashlib.blake2b(
                     core.strip_feedback(req.user).encode(), digest_size=8
                 ).hexdigest(),
+                "project": self.projects.get(req.key),
                 **(
                     {"channel": "vertex", "token": req.token, "labels": req.labels}
                     if req.vertex
@@ -171,7 +180,7 @@ class Sim:
         denied = None
         if not key:
             denied = self.error("gemini", 403, envelopes.unregistered())
-        elif key != self.cfg.key:
+        elif key not in self.projects:
             denied = self.error("gemini", 400, envelopes.api_key_invalid())
         return await self._generate(request, key or "", None, denied)
 
@@ -266,9 +275,9 @@ class Sim:
             key = key or request.headers.get("x-goog-api-key", "")
             if not key:
                 return self.error(api, 403, envelopes.unregistered())
-            if key != self.cfg.key:
+            if key not in self.projects:
                 return self.error(api, 400, envelopes.api_key_invalid())
-        elif key != self.cfg.key:
+        elif key not in self.projects:
             return self.error(api, 401, envelopes.openai_bad_key(key))
         try:
             body = orjson.loads(await request.read())
@@ -291,7 +300,8 @@ class Sim:
 
     def _quota_error(self, req: Req) -> web.Response | None:
         prompt, _ = core.prompt_tokens(req)
-        verdict = self.quota.admit(req.key, prompt, time.monotonic())
+        project = self.projects.get(req.key, req.key)
+        verdict = self.quota.admit(project, prompt, time.monotonic())
         if verdict is None:
             return None
         self.log(req, 429, "quota")
@@ -321,7 +331,9 @@ class Sim:
                 }
             self.log(req, status, fault)
             return self.error(req.api, status, body, headers)
-        error = gemini.fault_error(fault, req.model, version, method, rpm, rpd)
+        error = gemini.fault_error(
+            fault, req.model, version, method, rpm, rpd, self.cfg.fault_retry_s
+        )
         assert error is not None
         self.log(req, error[0], fault)
         if req.vertex and error[0] == 429:
@@ -434,10 +446,10 @@ class Sim:
         created = int(time.time())
         headers = dict(OPENAI_JSON if req.api == "openai" else GOOGLE_JSON)
         if req.api == "openai":
-            left_r, left_t = self.quota.remaining(req.key)
-            headers.update(
-                chat.rate_headers(self.cfg.rpm or 5000, left_r, self.cfg.tpm or 4_000_000, left_t)
-            )
+            project = self.projects.get(req.key, req.key)
+            left_r, left_t = self.quota.remaining(project)
+            rpm, tpm, _ = self.quota.limits(project)
+            headers.update(chat.rate_headers(rpm or 5000, left_r, tpm or 4_000_000, left_t))
             headers["x-request-id"] = "req_" + rid[9:]
         if fault == "truncated_body":
             raw = orjson.dumps(chat.body(r, req.model, rid, created))

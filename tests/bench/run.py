@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.bench import limiter, reuse, speed, state, ui
+from tests.bench import limiter, reuse, scale, speed, state, ui
 from tests.bench.report import Section, summary, write
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
@@ -43,11 +43,12 @@ BENCHES: list[tuple[str, str, Callable[[Section], None]]] = [
         reuse.bench_feedback,
     ),
     ("autopack", "16. rows_per_request auto vs fixed packings (demo jobs)", reuse.bench_autopack),
+    ("scale", "17. Past one machine: Ray workers and key pools (issue 17)", scale.bench_scale),
 ]
 # mostly idle (a few requests per second): run alongside the others to save wall time
 # CPU- or latency-bound: nothing else runs beside them (resume start read 2.28 s beside the
 # rpm bench, 1.37-1.63 s alone)
-QUIET = {"sim", "throughput", "latency", "resume", "ui"}
+QUIET = {"sim", "throughput", "latency", "resume", "ui", "scale"}
 BACKGROUND = {"rpm"}
 
 

@@ -1,0 +1,40 @@
+"""The quota broker: one Ray actor per key pool, holding the pool's QuotaPolicy for every
+worker. Workers lease blocks of capacity and report what they used with their next lease.
+
+Ray restarts a broker that dies (`max_restarts=-1`) and retries the leases that were in flight
+(`max_task_retries=-1`); the new one starts with empty buckets, so it cannot burst over what
+its predecessor already let through this minute.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pipeline.pools import Grant, PoolSpec, QuotaPolicy, Report
+
+
+class QuotaBroker:
+    def __init__(self, pool: PoolSpec):
+        self.policy = QuotaPolicy(pool, time.monotonic)
+        self.started = time.time()
+
+    def lease(self, want: int, tokens_each: int, report: Report) -> Grant:
+        return self.policy.lease(want, tokens_each, report)
+
+    def report(self, report: Report) -> None:
+        self.policy.report(report)
+
+    def stats(self) -> dict[str, Any]:
+        p = self.policy
+        return {
+            "pool": p.spec.name,
+            "state": p.state.value,
+            "reason": p.reason,
+            "leases": p.leases,
+            "rate_limited": p.rate_limited,
+            "rpm": p.current_rpm,
+            "sent_today": p.sent_today,
+            "gate_closures": p.gate.closures,
+            "started": self.started,
+        }

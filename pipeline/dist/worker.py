@@ -1,0 +1,226 @@
+"""A lane worker: a Ray async actor running the same Dispatcher as one process (same prompts,
+validation, retries, packing) on packs the driver hands it, with the flow control leased from
+the pools' brokers. Results and call records wait here until the driver drains them.
+
+The driver owns the actor's life: `run()` is one long call that lasts until `close()` (no more
+work) and the last pack is done; `drain()` returns what finished since the last drain.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pyarrow as pa
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from pipeline.budget import Budget
+from pipeline.catalog import model_limits
+from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, StopDispatch
+from pipeline.dist.rows import decode_packs
+from pipeline.errors import FlashpipeError
+from pipeline.poolflow import PoolClient, PooledAuth, PooledFlow, pool_headers
+from pipeline.pools import Grant, PoolSpec, Report
+from pipeline.pricing import resolve_prices
+from pipeline.retry import RetryPolicy
+from pipeline.sources import Row
+from pipeline.spec import load_spec
+from pipeline.tasks import build_task
+from pipeline.transport import AiohttpTransport
+
+DRAIN_WAIT = 0.2  # a drain with nothing to return waits this long for something
+
+
+class LaneWorker:
+    def __init__(
+        self,
+        doc: dict[str, Any],
+        pools: Sequence[PoolSpec],
+        brokers: Sequence[Any],
+        run_no: int,
+        concurrency: int,
+        worker_no: int,
+    ):
+        self.spec = load_spec(document=doc)
+        self.pools = list(pools)
+        self.brokers = list(brokers)
+        self.run_no = run_no
+        self.concurrency = concurrency
+        self.worker_no = worker_no
+        self.outcomes: list[Outcome] = []
+        self.stop: tuple[str, str] | None = None
+        self.stopping = False
+        self.done = False
+        self._ready: anyio.Event | None = None
+        self._drained: anyio.Event | _SetEvent = _SetEvent()
+        self._send: MemoryObjectSendStream[list[Row]] | None = None
+        self._recv: MemoryObjectReceiveStream[list[Row]] | None = None
+        self.flow: PooledFlow | None = None
+        self.dispatcher: Dispatcher | None = None
+        # the keys come from this node's environment: a missing one is told to the driver
+        self.error: str | None = None
+        try:
+            from pipeline.engine import build_provider
+
+            headers_for = build_provider(self.spec).headers
+            for pool in self.pools:
+                pool_headers(pool, headers_for)
+        except FlashpipeError as exc:
+            self.error = str(exc)
+
+    def _build(self) -> None:
+        from pipeline.engine import build_provider
+
+        spec = self.spec
+        provider = build_provider(spec, self.run_no)
+        clients = [
+            PoolClient(
+                pool.name,
+                _broker_lease(broker),
+                pool_headers(pool, provider.headers),
+                time.monotonic,
+                _broker_push(broker),
+            )
+            for pool, broker in zip(self.pools, self.brokers, strict=True)
+        ]
+        self.flow = PooledFlow(clients)
+        self.transport = AiohttpTransport(spec.provider.timeout, max_in_flight=self.concurrency)
+        self.dispatcher = Dispatcher(
+            job=spec.name,
+            model=spec.model,
+            task=build_task(spec),
+            provider=provider,
+            transport=self.transport,
+            auth=PooledAuth({}),
+            flow=self.flow,
+            budget=Budget(None),  # the driver holds the budget
+            prices=resolve_prices(spec),
+            policy=RetryPolicy(max_attempts=spec.limits.max_attempts),
+            max_output_tokens=spec.provider.max_output_tokens,
+            run_no=self.run_no * 1000 + self.worker_no,  # call ids unique across workers
+            in_flight=InFlightCounter(self.concurrency),
+            stopping=lambda: self.stopping,
+            keep=spec.input.keep,
+            seed=self.worker_no,
+            output_cap=model_limits(spec.model).max_output,
+        )
+        send, recv = anyio.create_memory_object_stream[list[Row]](self.concurrency * 4)
+        self._send, self._recv = send, recv
+        self._drained = anyio.Event()  # a real event before any task can wait on it
+        self._ready = anyio.Event()
+
+    async def run(self) -> dict[str, Any]:
+        """Process packs until closed and drained; the worker's counters at the end."""
+        self._build()
+        assert self._recv is not None and self._ready is not None
+        recv = self._recv
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.concurrency):
+                    tg.start_soon(self._work, recv.clone())
+                recv.close()
+                self._ready.set()
+        finally:
+            assert self.flow is not None
+            with anyio.CancelScope(shield=True):
+                await self.flow.flush()  # what was leased and not sent goes back to the pools
+                await self.transport.aclose()
+            self.done = True
+        return self.counters()
+
+    async def _work(self, packs: ObjectReceiveStream[list[Row]]) -> None:
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+
+        async def emit(outcome: Outcome) -> None:
+            # at most `concurrency` answered calls wait for the driver: if this worker dies,
+            # they and its calls in flight are all that can have been paid for and lost
+            while len(self.outcomes) >= self.concurrency:
+                await self._drained.wait()
+            self.outcomes.append(outcome)
+
+        async with packs:
+            async for rows in packs:
+                if self.stopping:
+                    continue
+                try:
+                    await dispatcher.process(rows, emit)
+                except StopDispatch as stop:
+                    self.stopping = True
+                    if self.stop is None:
+                        self.stop = (stop.reason, str(stop))
+
+    async def submit(self, batch: pa.RecordBatch) -> int:
+        """Queue the packs of a batch (waits while the queue is full); rows queued."""
+        while self._ready is None:
+            await anyio.sleep(0.01)
+        await self._ready.wait()
+        packs = decode_packs(batch)
+        assert self._send is not None
+        for pack in packs:
+            await self._send.send(pack)
+        return sum(len(p) for p in packs)
+
+    async def close(self) -> None:
+        """No more work: `run()` returns once every queued pack is done."""
+        while self._ready is None:
+            await anyio.sleep(0.01)
+        await self._ready.wait()
+        assert self._send is not None
+        await self._send.aclose()
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    async def drain(self) -> tuple[list[Outcome], tuple[str, str] | None, bool]:
+        """(outcomes since the last drain, the stop this worker hit, whether it is done)."""
+        end = time.monotonic() + DRAIN_WAIT
+        while not self.outcomes and not self.done and time.monotonic() < end:
+            await anyio.sleep(0.01)
+        out, self.outcomes = self.outcomes, []
+        self._drained.set()  # wakes every task waiting to hand over an answer
+        self._drained = anyio.Event()
+        return out, self.stop, self.done and not self.outcomes
+
+    def counters(self) -> dict[str, Any]:
+        flow = self.flow
+        leases = sum(p.leases for p in flow.pools) if flow is not None else 0
+        sent = sum(p.sent for p in flow.pools) if flow is not None else 0
+        return {"worker": self.worker_no, "leases": leases, "sent": sent}
+
+    def ping(self) -> tuple[str, str | None]:
+        """(pid@host, the error that keeps this worker from running, if any)."""
+        import os
+        import socket
+
+        return f"{os.getpid()}@{socket.gethostname()}", self.error
+
+
+class _SetEvent:
+    """Stands for an anyio.Event before the actor's loop runs (nothing waits on it yet)."""
+
+    def set(self) -> None:
+        return None
+
+    async def wait(self) -> None:
+        return None
+
+
+def _broker_push(broker: Any) -> Any:
+    def push(report: Report) -> None:
+        # no answer is awaited; Ray runs the call (and retries it on a restarted broker)
+        broker.report.remote(report)
+
+    return push
+
+
+def _broker_lease(broker: Any) -> Any:
+    async def lease(want: int, tokens_each: int, report: Report) -> Grant:
+        grant: Grant = await broker.lease.remote(want, tokens_each, report)
+        return grant
+
+    return lease
+
