@@ -142,7 +142,9 @@ def prepopulate(doc: dict[str, object], db: Path, done: int, line_prefix: str) -
         )
         store.set_state(spec.name, "interrupted", None, done)
         store.con.execute(
-            "INSERT INTO results SELECT ?, printf('T-%07d', i), ? || (i + 1), 'ok',"
+            "INSERT INTO results (job, row_id, pos, status, output, error, attempts, input_tokens,"
+            " output_tokens, thinking_tokens, cached_tokens, cost_usd, kept, finished_at)"
+            " SELECT ?, printf('T-%07d', i), ? || (i + 1), 'ok',"
             ' \'{"label":"other"}\', NULL, 1, 120, 5, 0, 0, 0.000012, \'{"lang":"en"}\','
             " now() FROM range(?) t(i)",
             [spec.name, line_prefix, done],
@@ -343,10 +345,10 @@ def _bare_rate(tables: list[tuple[pa.Table, pa.Table]], rows: int, conflict: str
         for res, cal in tables:
             con.execute("BEGIN TRANSACTION")
             con.register("_c", cal)
-            con.execute("INSERT INTO calls SELECT * FROM _c")
+            con.execute("INSERT INTO calls BY NAME SELECT * FROM _c")
             con.unregister("_c")
             con.register("_r", res)
-            con.execute("INSERT INTO results SELECT * FROM _r" + conflict)
+            con.execute("INSERT INTO results BY NAME SELECT * FROM _r" + conflict)
             con.unregister("_r")
             con.execute("COMMIT")
         return rows / (time.perf_counter() - t0)
