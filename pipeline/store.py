@@ -740,19 +740,7 @@ class Store:
         ]
 
     def batch_list(self, job: str) -> list[dict[str, Any]]:
-        cols = [
-            "batch_id",
-            "provider_name",
-            "state",
-            "closed",
-            "rows",
-            "requests",
-            "ok_rows",
-            "retry_rows",
-            "error",
-            "created_at",
-            "finished_at",
-        ]
+        cols = BATCH_COLUMNS
         rows = self.con.execute(
             f"SELECT {', '.join(cols)} FROM batches WHERE job = ? ORDER BY created_at", [job]
         ).fetchall()
@@ -1049,6 +1037,22 @@ _KEEP_ANSWERS = (
     " sum(output_tokens), sum(thinking_tokens), sum(cached_tokens), any_value(job),"
     " min(row_id), ? FROM _results WHERE status = 'ok' AND request_key IS NOT NULL"
     " AND NOT from_cache GROUP BY request_key ON CONFLICT DO NOTHING"
+)
+
+
+# what `status` and the job page show of each batch of the Batch lane
+BATCH_COLUMNS = (
+    "batch_id",
+    "provider_name",
+    "state",
+    "closed",
+    "rows",
+    "requests",
+    "ok_rows",
+    "retry_rows",
+    "error",
+    "created_at",
+    "finished_at",
 )
 
 

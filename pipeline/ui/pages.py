@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from pipeline.store import BATCH_COLUMNS
 from pipeline.ui import svg
 from pipeline.ui.jobs import Count, JobDetail, JobSummary
 from pipeline.ui.markup import Html, join, tag, url
@@ -246,19 +247,7 @@ def job_page(d: JobDetail, db_path: str, *, links: bool = True) -> str:
     )
     batches = None
     if d.batches:
-        cols = (
-            "batch_id",
-            "provider_name",
-            "state",
-            "closed",
-            "rows",
-            "requests",
-            "ok_rows",
-            "retry_rows",
-            "error",
-            "created_at",
-            "finished_at",
-        )
+        cols = BATCH_COLUMNS
         batches = join(
             tag("h2", "Batches (Batch lane)"),
             tag(
