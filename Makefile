@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint bench sim ui clean
+.PHONY: help install demo test slow lint bench sim ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -19,10 +19,16 @@ install: $(STAMP) ## create .venv once and install flashpipe with its dev tools
 demo: $(STAMP) ## run every demo job against the embedded simulator, print results and cost
 	@bash scripts/demo.sh
 
-test: $(STAMP) ## run the test suite (a few minutes; benchmarks excluded)
-	@$(PY) -m pytest tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing on purpose" >&2; exit 1; fi; \
+# pytest exits 5 when it collects nothing: that is a failure here, never a silent pass
+PYTEST = $(PY) -m pytest tests -m "$(1)"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests - failing on purpose" >&2; exit 1; fi; \
 	exit $$rc
+
+test: $(STAMP) ## run the test suite (a few minutes; slow chaos tests and benchmarks excluded)
+	@$(call PYTEST,not slow)
+
+slow: $(STAMP) ## run the slow chaos and long end-to-end tests (CI runs them after `make test`)
+	@$(call PYTEST,slow)
 
 lint: $(STAMP) ## ruff format --check, ruff check, mypy --strict
 	$(VENV)/bin/ruff format --check pipeline tests
