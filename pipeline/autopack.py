@@ -17,11 +17,11 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.catalog import model_limits
+from pipeline.core.records import Row
+from pipeline.core.usage import Usage
 from pipeline.pricing import Prices, cost_usd, resolve_prices
-from pipeline.sources import Row
 from pipeline.spec import JobSpec
 from pipeline.tasks.base import Task, estimate_tokens
-from pipeline.usage import Usage
 
 log = logging.getLogger("flashpipe")
 CANDIDATES = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50)

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pipeline.core.records import ResultRecord, Row, now_utc
+from pipeline.core.usage import ZERO, Usage
 from pipeline.dedupe import kept_fields
 from pipeline.pricing import Prices, cost_usd
-from pipeline.sources import Row
-from pipeline.store import ResultRecord, now_utc
-from pipeline.usage import ZERO, Usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.sources import Row
-from pipeline.store import ResultRecord, now_utc
-from pipeline.usage import ZERO
+from pipeline.core.records import ResultRecord, Row, now_utc
+from pipeline.core.usage import ZERO
 
 QUANTUM = Decimal("0.000000000001")  # the store keeps costs to 12 places
 # answers kept in memory for later copies in the same run; older ones are found through the

@@ -1,7 +1,7 @@
 """One job run: reader -> bounded stream -> workers -> bounded stream -> one writer.
 
 All stages live in one anyio task group (asyncio backend). The reader skips rows already
-stored (one SQL lookup per input batch), the workers run the Dispatcher, the writer commits
+stored (one SQL lookup per input batch), the workers run the online lane, the writer commits
 results and call rows in batched transactions every few hundred rows or 250 ms.
 """
 
@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -26,53 +26,48 @@ import orjson
 import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from pipeline.auth import Auth, GoogleAuth, KeyAuth
+from pipeline.auth import Auth
 from pipeline.autopack import with_auto_packing
-from pipeline.breaker import Breaker, BreakerConfig, BreakerState
 from pipeline.budget import Budget
 from pipeline.cache import CachedAnswer, cached_result, lane_for_saving
-from pipeline.catalog import channel_of, label_value, model_limits, vertex_model_path
+from pipeline.catalog import channel_of, model_limits
 from pipeline.channel import ChannelReceiver, channel
+from pipeline.core.breaker import Breaker, BreakerConfig, BreakerState
+from pipeline.core.records import (
+    BatchClose,
+    CallRecord,
+    Outcome,
+    ResultRecord,
+    Row,
+    RowState,
+    StopDispatch,
+    now_utc,
+    runner_id,
+)
+from pipeline.core.usage import ZERO
 from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
-from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, RowState, StopDispatch
 from pipeline.errors import (
     BudgetExhausted,
     FlashpipeError,
     Interrupted,
     ProviderStop,
     ProviderUnreachable,
-    SpecError,
 )
-from pipeline.escalate import escalation_spec, triggers
 from pipeline.fingerprint import check_unchanged, input_fingerprint
 from pipeline.journal import CallJournal, journal_files, read_journal
-from pipeline.lanes.api import BatchApi
-from pipeline.lanes.gemini_batch import GeminiBatchApi
-from pipeline.lanes.runner import BatchOutcome, BatchRunner
+from pipeline.lanes.build import build_auth, build_batch_api, build_provider, online_lane
+from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing
+from pipeline.lanes.runner import BatchOutcome, BatchRunner, JobControl
 from pipeline.limits import Flow, FlowControl
 from pipeline.pricing import resolve_prices
 from pipeline.progress import ProgressReporter, RunStats
-from pipeline.providers.base import Provider
-from pipeline.providers.gemini import GeminiProvider
-from pipeline.providers.openai import OpenAIProvider
-from pipeline.retry import RetryPolicy
-from pipeline.sources import Frame, Row, count_rows_fast, keep_types, read_frames
+from pipeline.sources import Frame, count_rows_fast, keep_types, read_frames
 from pipeline.spec import JobSpec, parse_deadline
-from pipeline.store import (
-    BatchClose,
-    CallRecord,
-    ResultRecord,
-    Store,
-    StoreThread,
-    check_writable,
-    now_utc,
-    runner_id,
-)
+from pipeline.store import Store, StoreThread, check_writable
 from pipeline.tasks import build_task
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.custom import CustomTask
 from pipeline.transport import AiohttpTransport, Transport
-from pipeline.usage import ZERO
 
 log = logging.getLogger("flashpipe")
 LOOKUP_MIN = 1_000  # rows per resume lookup (the anti-join) while work is being found
@@ -94,59 +89,6 @@ class RunSummary:
     elapsed_s: float
     view: str
     ray: dict[str, Any] | None = None  # workers, deaths, broker leases (engine.kind = "ray")
-
-
-def build_provider(spec: JobSpec, run_no: int = 0) -> Provider:
-    p = spec.provider
-    if p.api == "vertex":
-        assert p.project is not None  # the spec requires it on Vertex AI
-        # every request carries the job and run, so the GCP bill breaks down by job
-        labels = {"flashpipe-job": label_value(spec.name), "flashpipe-run": str(run_no)}
-        labels.update(p.labels)
-        return GeminiProvider(
-            p.base_url,
-            spec.model,
-            p.thinking,
-            p.temperature,
-            model_path=vertex_model_path(p.project, p.location, spec.model),
-            labels=labels,
-        )
-    if p.api == "gemini":
-        return GeminiProvider(p.base_url, spec.model, p.thinking, p.temperature)
-    return OpenAIProvider(p.base_url, spec.model, p.thinking, p.temperature)
-
-
-def build_auth(spec: JobSpec, api_key: str | None) -> Auth:
-    """The API key from the environment, or Vertex AI's credentials; read before anything
-    opens, so a missing one is a one-line error with nothing sent."""
-    p = spec.provider
-    if p.pools:  # every pool's keys are read when its client is built; check them now
-        from pipeline.poolflow import PooledAuth, pool_headers
-
-        for pool in p.pools:
-            pool_headers(pool, lambda key: {})
-        return PooledAuth({})
-    if p.api == "vertex":
-        return GoogleAuth.from_environment(p.credentials_file, {"content-type": "application/json"})
-    key = api_key if api_key is not None else os.environ.get(p.api_key_env)
-    if not key:
-        raise SpecError(
-            f"provider.api_key_env: the environment variable {p.api_key_env} is not set "
-            "(export your key, or use --sim)"
-        )
-    headers = build_provider(spec).headers(key)
-    return KeyAuth(headers, key)
-
-
-def build_batch_api(spec: JobSpec, transport: Transport, auth: Auth) -> BatchApi:
-    p = spec.provider
-    if not isinstance(auth, KeyAuth):  # the spec refuses the Batch lane on Vertex AI
-        raise SpecError(f"provider.lane: {p.lane!r} needs an API key")
-    if p.api == "gemini":
-        return GeminiBatchApi(transport, p.base_url, spec.model, auth.key)
-    from pipeline.lanes.openai_batch import OpenAIBatchApi
-
-    return OpenAIBatchApi(transport, p.base_url, spec.model, auth.key)
 
 
 def stored_spec(spec: JobSpec, files: list[dict[str, Any]] | None = None) -> str:
@@ -226,70 +168,36 @@ class JobRun:
         self.in_progress: dict[str, str] = {}  # row id -> input position, until stored
         self.stats = RunStats(spec.name, rpm_limit=spec.limits.rpm, lane=spec.provider.lane)
         self.lane = spec.provider.lane
-        deadline = spec.provider.deadline
-        provider = build_provider(spec, run_no)
         self.context_tokens = model_limits(spec.model).context
         self.dedupe = Dedupe(
             spec.input.keep, enabled=spec.dedupe, record_key=spec.cache, model=spec.model
         )
         self.fingerprint = request_fingerprint(spec, self.task)
-        self.dispatcher = Dispatcher(
-            job=spec.name,
-            model=spec.model,
-            task=self.task,
-            provider=provider,
-            transport=transport,
-            auth=auth,
-            flow=self.flow,
-            budget=self.budget,
-            prices=self.prices,
-            policy=RetryPolicy(max_attempts=spec.limits.max_attempts),
-            max_output_tokens=spec.provider.max_output_tokens,
-            run_no=run_no,
-            in_flight=self.in_flight,
-            stopping=self.stopping,
-            keep=spec.input.keep,
-            lane=self.lane,
-            deadline=parse_deadline(deadline, now_utc()) if deadline else None,
-            flex_sheds=spec.batch.flex_sheds,
-            batch_hours=spec.batch.batch_hours,
-            output_cap=model_limits(spec.model).max_output,
-            feedback=spec.limits.retry_feedback,
-            breaker=Breaker(BreakerConfig(limit_s=spec.limits.outage_minutes * 60), time.monotonic),
+        self.online, self.batches = self._lanes(transport, auth)
+        self.saving_prices = self.online.prices[lane_for_saving(self.lane)]
+
+    def _lanes(self, transport: Transport, auth: Auth) -> tuple[OnlineLane, BatchRunner | None]:
+        """The online lane (with its escalation model) and, for batch and auto, the Batch lane."""
+        spec, b = self.spec, self.spec.batch
+        deadline = (
+            parse_deadline(spec.provider.deadline, now_utc()) if spec.provider.deadline else None
         )
-        self.saving_prices = self.dispatcher.lane_prices[lane_for_saving(self.lane)]
-        if spec.escalate is not None:
-            up = escalation_spec(spec)
-            d = self.dispatcher
-            d.escalate_to = d.for_model(
-                up.model,
-                build_provider(up, run_no),
-                resolve_prices(up),
-                model_limits(up.model).max_output,
-            )
-            d.escalate_on = triggers(spec.escalate.on)
-        self.batches: BatchRunner | None = None
-        if self.lane in ("batch", "auto"):
-            b = spec.batch
-            self.batches = BatchRunner(
-                job=spec.name,
-                run_no=run_no,
-                api=build_batch_api(spec, transport, auth),
-                provider=provider,
-                dispatcher=self.dispatcher,
-                store=store,
-                budget=self.budget,
-                stopping=self.stopping,
-                request_stop=self.request_stop,
-                rows_per_batch=b.rows_per_batch,
-                inline_max_bytes=b.inline_max_bytes,
-                max_open=b.max_open,
-                poll_seconds=b.poll_seconds,
-                max_poll_seconds=b.max_poll_seconds,
-                collect_seconds=b.collect_seconds,
-                max_attempts=spec.limits.max_attempts,
-                stall_seconds=b.stall_seconds,
-            )
+        provider = build_provider(spec, self.run_no)
+        limit_s = spec.limits.outage_minutes * 60
+        gates = Gates(
+            self.flow, self.budget, Breaker(BreakerConfig(limit_s=limit_s), time.monotonic)
+        )
+        client = Client(provider, transport, auth, self.in_flight)
+        routing = Routing(self.lane, b.flex_sheds, None, deadline, b.batch_hours)
+        online = online_lane(spec, self.task, (client, gates, routing), self.stopping, self.run_no)
+        if self.lane not in ("batch", "auto"):
+            return online, None
+        control = JobControl(spec.name, self.run_no, self.stopping, self.request_stop, deadline)
+        api = build_batch_api(spec, transport, auth)
+        batches = BatchRunner(
+            b, online.asking, api, provider, self.store, self.budget, control, online.take
+        )
+        return online, batches
 
     def stopping(self) -> bool:
         return self.stop_reason is not None
@@ -425,7 +333,7 @@ class JobRun:
                 if self.stopping():
                     continue
                 try:
-                    await self.dispatcher.process(rows, emit)
+                    await self.online.process(rows, emit)
                 except StopDispatch as stop:
                     self.request_stop(stop.reason, str(stop))
 
@@ -537,15 +445,15 @@ class JobRun:
             await anyio.sleep(1.0)
             self.stats.in_flight = self.in_flight.borrowed_tokens
             self.stats.rpm_current = self.flow.current_rpm
-            self.stats.shed = self.dispatcher.shed
-            self.stats.outage = outage_snapshot(self.dispatcher)
+            self.stats.shed = self.online.shed
+            self.stats.outage = outage_snapshot(self.online)
             if self.batches is not None:
                 lane = self.batches.stats
                 self.stats.batches_open = lane.submitted - lane.finished
                 self.stats.batches_done = lane.finished
                 self.stats.batch_requests = self.batches.api.requests
             if self.auto:
-                target = self._auto_target(self.dispatcher.latency_ewma)
+                target = self._auto_target(self.online.latency_ewma)
                 if isinstance(self.in_flight, anyio.CapacityLimiter) and (
                     target != self.in_flight.total_tokens
                 ):
@@ -580,21 +488,22 @@ class JobRun:
                     workers.cancel()
 
 
-def outage_snapshot(dispatcher: Dispatcher) -> dict[str, Any] | None:
+def outage_snapshot(lane: OnlineLane) -> dict[str, Any] | None:
     """The outage as the progress line and `status` show it, or None while calls flow."""
-    outage = dispatcher.breaker.outage()
+    breaker = lane.gates.breaker
+    outage = breaker.outage()
     if outage is None:
         return None
     now = time.monotonic()
     since = time.time() - (now - outage.since)
-    probing = dispatcher.breaker.state is BreakerState.PROBING
+    probing = breaker.state is BreakerState.PROBING
     return {
         "since": time.strftime("%H:%M:%S", time.localtime(since)),
         "since_unix": round(since, 3),
         "next_probe_s": None if probing else max(0, round(outage.next_probe_at - now)),
         "probes": outage.probes,
         "cause": outage.cause,
-        "url": dispatcher.provider.url(),
+        "url": lane.client.provider.url(),
     }
 
 
@@ -877,7 +786,7 @@ async def _run_stages(run: JobRun, handle_signals: bool) -> None:
             else:
                 moved_send, moved_recv = channel[list[RowState]](64)
                 if batches is not None:  # auto: rows Flex keeps refusing move to Batch
-                    run.dispatcher.to_batch = moved_send.send
+                    run.online.routing = replace(run.online.routing, to_batch=moved_send.send)
                     stages.start_soon(batches.run, moved_recv, out_send.clone())
                 else:
                     moved_recv.close()

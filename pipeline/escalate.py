@@ -10,11 +10,10 @@ of both models, and records the model that produced it (`results.model`).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
+from pipeline.core.verdict import Trigger
 from pipeline.spec import JobSpec
 
-Trigger = Literal["invalid", "failed"]
 TRIGGERS: tuple[Trigger, ...] = ("invalid", "failed")
 
 
@@ -29,8 +28,3 @@ def escalation_spec(spec: JobSpec) -> JobSpec:
 def triggers(on: tuple[str, ...]) -> frozenset[Trigger]:
     """The job file's `escalate.on`, as the outcomes it names."""
     return frozenset(t for t in TRIGGERS if t in on)
-
-
-def escalates(invalid: bool, on: frozenset[Trigger]) -> bool:
-    """Whether a row the first model gave up on goes to the second one."""
-    return ("invalid" if invalid else "failed") in on

@@ -10,13 +10,14 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from pipeline.core.records import Row
+from pipeline.core.usage import Usage
 from pipeline.pricing import LANE_FACTOR, cost_usd, lane_prices, resolve_prices
-from pipeline.sources import Row, count_rows_fast, read_batches
+from pipeline.sources import count_rows_fast, read_batches
 from pipeline.spec import JobSpec
 from pipeline.tasks import build_task
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.packing import packed_shape, render_pack
-from pipeline.usage import Usage
 
 SAMPLE_ROWS = 500
 # thinking tokens per visible output token, by level (minimal thinks not at all)

@@ -21,9 +21,10 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.records import CallRecord
+from pipeline.core.usage import Usage
 from pipeline.errors import StoreError
-from pipeline.store import CallRecord, fault_cause
-from pipeline.usage import Usage
+from pipeline.store import fault_cause
 
 
 def journal_files(db_path: str) -> list[Path]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from pipeline.dispatch import StopDispatch
+from pipeline.core.records import StopDispatch, StopReason
 from pipeline.errors import SpecError
 from pipeline.limits import Clock
 from pipeline.pools import STOCK_SECONDS, Grant, PoolSpec, PoolState, QuotaPolicy, Report
@@ -216,7 +216,7 @@ class PooledFlow:
             active = self.active()
             if not active:
                 reasons = "; ".join(p.reason or p.name for p in self.pools)
-                raise StopDispatch("provider", f"every key pool is out: {reasons}")
+                raise StopDispatch(StopReason.PROVIDER, f"every key pool is out: {reasons}")
             self._turn = (self._turn + 1) % len(active)
             order = active[self._turn :] + active[: self._turn]
             for pool in order:

@@ -6,9 +6,9 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from pipeline.catalog import GATEWAY_ALIASES, Channel, canonical_model, channel_of
+from pipeline.core.usage import Usage
 from pipeline.errors import SpecError
 from pipeline.spec import JobSpec
-from pipeline.usage import Usage
 
 MILLION = Decimal(1_000_000)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
 
-from pipeline.usage import ZERO, Usage
+from pipeline.core.usage import ZERO, Usage
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import files
+from pipeline.core.records import Row
 from pipeline.errors import SpecError
 from pipeline.files import InputFile
 from pipeline.spec import InputSpec
@@ -28,19 +28,6 @@ T = TypeVar("T")
 log = logging.getLogger("flashpipe")
 BATCH_ROWS = 1000
 PARQUET_FRAME_ROWS = 8192  # Arrow reads are cheap per batch; rows are built only when needed
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    id: str
-    pos: str  # where the row sits in the input; doubles as id when there is no id column
-    text: str | None
-    fields: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    @property
-    def valid(self) -> bool:
-        return self.error is None
 
 
 def input_files(spec: InputSpec) -> list[InputFile]:

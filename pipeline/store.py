@@ -13,11 +13,9 @@ import errno
 import fcntl
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,9 +24,10 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from pipeline.core.records import BatchClose, BatchRow, CallRecord, ResultRecord, now_utc, runner_id
+from pipeline.core.usage import Usage
 from pipeline.errors import FlashpipeError, JobBusy, SpecError, StoreError
 from pipeline.tasks.base import ViewColumn, sql_ident, sql_str
-from pipeline.usage import Usage
 
 T = TypeVar("T")
 
@@ -202,76 +201,6 @@ BATCH_ROW_SCHEMA = pa.schema(
     ]
 )
 _Q = Decimal("0.000000000001")
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRecord:
-    row_id: str
-    pos: str
-    status: str  # ok | blocked | failed | invalid
-    output: dict[str, Any] | None
-    error: str | None
-    attempts: int
-    usage: Usage
-    cost_usd: Decimal
-    kept: dict[str, Any] | None
-    finished_at: datetime
-    answered_by: str | None = None  # the row whose request answered this one (dedupe)
-    request_key: str | None = None  # the request's content address
-    input_hash: str | None = None  # the hash of what the row sent
-    from_cache: bool = False  # answered from the store's answers, nothing sent
-    saved_usd: Decimal = Decimal(0)  # what a cached answer would have cost to ask again
-    model: str | None = None  # the model whose answer this is
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    call_id: str
-    row_ids: tuple[str, ...]
-    attempt: int
-    started_at: datetime
-    latency_ms: float
-    http_status: int | None
-    outcome: str
-    error: str | None
-    usage: Usage
-    cost_usd: Decimal
-    model: str
-    model_version: str | None
-    response_id: str | None
-    lane: str = "standard"
-    pool: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRow:
-    """One row of a batch, kept in the store while the batch is open (resume rebuilds it)."""
-
-    req: int  # the batch request (its key) that carries the row
-    row_id: str
-    pos: str
-    text: str | None
-    fields: dict[str, Any]
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class BatchClose:
-    """A finished batch, closed in the same transaction that stores its answers."""
-
-    batch_id: str
-    state: str
-    ok_rows: int
-    retry_rows: int
-    error: str | None
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def runner_id() -> str:
-    return f"{os.getpid()}@{socket.gethostname()}"
 
 
 def view_name(job: str) -> str:

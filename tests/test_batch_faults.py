@@ -6,9 +6,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+from pipeline.core.usage import Usage
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
 from pipeline.simproc import SimProcess
-from pipeline.usage import Usage
 from tests.conftest import (
     ledger_usage,
     make_spec,

@@ -11,12 +11,12 @@ import orjson
 import pytest
 
 from pipeline.catalog import Channel, channel_of
+from pipeline.core.reply import Prompt, Shape
+from pipeline.core.usage import Usage
 from pipeline.errors import SpecError
 from pipeline.pricing import cost_usd, resolve_prices
-from pipeline.providers.base import Prompt, Shape
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.simproc import SimProcess
-from pipeline.usage import Usage
 from tests.conftest import (
     ROOT,
     ledger_usage,

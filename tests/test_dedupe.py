@@ -8,12 +8,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.records import ResultRecord, Row, now_utc
+from pipeline.core.usage import Usage
 from pipeline.dedupe import Dedupe, split_cost
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
 from pipeline.simproc import SimProcess
-from pipeline.sources import Row
-from pipeline.store import ResultRecord, now_utc
-from pipeline.usage import Usage
 from tests.conftest import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
 
 FAST_BATCH = {"poll_seconds": 0.1, "max_poll_seconds": 0.5, "collect_seconds": 0.2}

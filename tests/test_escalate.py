@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from pipeline.core.usage import Usage
 from pipeline.errors import SpecError
 from pipeline.escalate import escalation_spec
 from pipeline.pricing import cost_usd, resolve_prices
 from pipeline.simproc import SimProcess
-from pipeline.usage import Usage
 from tests.conftest import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
 
 STRONG = "gemini-3-flash-preview"

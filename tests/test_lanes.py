@@ -403,9 +403,9 @@ class RecordedTransport:
 def test_the_recorded_gemini_batch_lifecycle_parses() -> None:
     import anyio
 
+    from pipeline.core.reply import ReplyKind
     from pipeline.lanes.api import PENDING, RUNNING, SUCCEEDED
     from pipeline.lanes.gemini_batch import GeminiBatchApi, _reply
-    from pipeline.providers.base import ReplyKind
     from tests.conftest import REFERENCE
 
     rec = json.loads(

@@ -5,8 +5,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.core.retry import Action, ErrorClass, RetryPolicy
 from pipeline.limits import Aimd, TokenBucket
-from pipeline.retry import Action, ErrorClass, RetryPolicy
 
 
 class Clock:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.breaker import Breaker, BreakerConfig, BreakerState, Signal
+from pipeline.core.breaker import Breaker, BreakerConfig, BreakerState, Signal
 from pipeline.simproc import SimProcess
 from tests.conftest import ROOT, run_cli, sql, ticket_rows, write_jsonl
 from tests.outage import OutageProxy, free_port

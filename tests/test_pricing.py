@@ -4,8 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.catalog import Channel, canonical_model, channel_of
+from pipeline.core.usage import Usage
 from pipeline.pricing import PRICE_TABLE, cost_usd
-from pipeline.usage import Usage
 
 FLASH_LITE = PRICE_TABLE[("gemini-3.1-flash-lite-preview", Channel.GEMINI_API)]
 tokens = st.integers(min_value=0, max_value=10**9)

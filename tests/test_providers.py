@@ -6,10 +6,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.providers.base import Prompt, ReplyKind, Shape, parse_duration
+from pipeline.core.reply import Prompt, ReplyKind, Shape
+from pipeline.core.retry import ErrorClass
+from pipeline.providers.base import parse_duration
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.providers.openai import OpenAIProvider
-from pipeline.retry import ErrorClass
 from pipeline.transport import HttpResponse
 
 from .conftest import REFERENCE

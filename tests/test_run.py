@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.usage import Usage
 from pipeline.errors import BudgetExhausted, ProviderStop
 from pipeline.pricing import cost_usd, resolve_prices
 from pipeline.simproc import SimProcess
-from pipeline.usage import Usage
 from tests.conftest import (
     ledger_usage,
     make_spec,

@@ -18,8 +18,8 @@ from google.genai import types
 from jsonschema import Draft202012Validator
 from openai import OpenAI
 
+from pipeline.core.retry import ErrorClass
 from pipeline.providers.gemini import GeminiProvider
-from pipeline.retry import ErrorClass
 from pipeline.sim import model as sim_model
 from pipeline.simproc import SimProcess
 from pipeline.transport import HttpResponse

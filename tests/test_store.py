@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 import pipeline.store as store_module
+from pipeline.core.records import CallRecord, ResultRecord
+from pipeline.core.usage import Usage
 from pipeline.errors import JobBusy, StoreError
-from pipeline.store import CallRecord, ResultRecord, Store, changed_keys
-from pipeline.usage import Usage
+from pipeline.store import Store, changed_keys
 
 
 def result(row_id: str, label: str) -> ResultRecord:

@@ -22,15 +22,15 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import KeyAuth
-from pipeline.dispatch import Outcome
+from pipeline.core.records import Outcome
 from pipeline.dist import require_ray
 from pipeline.dist.broker import QuotaBroker
 from pipeline.dist.rows import encode_packs
 from pipeline.dist.worker import LaneWorker
 from pipeline.errors import SpecError, UsageError
 from pipeline.pools import PoolSpec
-from pipeline.sources import Row
-from pipeline.store import ResultRecord
+from pipeline.core.records import Row
+from pipeline.core.records import ResultRecord
 
 if TYPE_CHECKING:
     from pipeline.engine import JobRun
@@ -295,7 +295,7 @@ def connect(ray: Any, address: str, run: JobRun) -> bool:
     if ray.is_initialized():
         return False
     if not address:
-        auth = run.dispatcher.auth
+        auth = run.online.client.auth
         env = run.spec.provider.api_key_env
         # a key given to this process (--sim, the Python API) reaches the local workers the
         # way a cluster's do: through their environment, never through Ray's object store

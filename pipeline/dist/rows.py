@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import orjson
 import pyarrow as pa
 
-from pipeline.sources import Row
+from pipeline.core.records import Row
 
 SCHEMA = pa.schema(
     [

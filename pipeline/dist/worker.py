@@ -1,4 +1,4 @@
-"""A lane worker: a Ray async actor running the same Dispatcher as one process (same prompts,
+"""A lane worker: a Ray async actor running the same online lane as one process (same prompts,
 validation, retries, packing) on packs the driver hands it, with the flow control leased from
 the pools' brokers. Results and call records wait here until the driver drains them.
 
@@ -19,14 +19,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from pipeline.budget import Budget
 from pipeline.catalog import model_limits
-from pipeline.dispatch import Dispatcher, InFlightCounter, Outcome, StopDispatch
+from pipeline.core.breaker import Breaker, BreakerConfig
+from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing
+from pipeline.core.records import Outcome, StopDispatch
 from pipeline.dist.rows import decode_packs
 from pipeline.errors import FlashpipeError
 from pipeline.poolflow import PoolClient, PooledAuth, PooledFlow, pool_headers
 from pipeline.pools import Grant, PoolSpec, Report
 from pipeline.pricing import resolve_prices
-from pipeline.retry import RetryPolicy
-from pipeline.sources import Row
+from pipeline.core.retry import RetryPolicy
+from pipeline.core.records import Row
 from pipeline.spec import load_spec
 from pipeline.tasks import build_task
 from pipeline.transport import AiohttpTransport
@@ -59,11 +61,11 @@ class LaneWorker:
         self._send: MemoryObjectSendStream[list[Row]] | None = None
         self._recv: MemoryObjectReceiveStream[list[Row]] | None = None
         self.flow: PooledFlow | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.lane: OnlineLane | None = None
         # the keys come from this node's environment: a missing one is told to the driver
         self.error: str | None = None
         try:
-            from pipeline.engine import build_provider
+            from pipeline.lanes.build import build_provider
 
             headers_for = build_provider(self.spec).headers
             for pool in self.pools:
@@ -72,7 +74,7 @@ class LaneWorker:
             self.error = str(exc)
 
     def _build(self) -> None:
-        from pipeline.engine import build_provider
+        from pipeline.lanes.build import build_provider, online_lane
 
         spec = self.spec
         provider = build_provider(spec, self.run_no)
@@ -88,24 +90,21 @@ class LaneWorker:
         ]
         self.flow = PooledFlow(clients)
         self.transport = AiohttpTransport(spec.provider.timeout, max_in_flight=self.concurrency)
-        self.dispatcher = Dispatcher(
-            job=spec.name,
-            model=spec.model,
-            task=build_task(spec),
-            provider=provider,
-            transport=self.transport,
-            auth=PooledAuth({}),
-            flow=self.flow,
-            budget=Budget(None),  # the driver holds the budget
-            prices=resolve_prices(spec),
-            policy=RetryPolicy(max_attempts=spec.limits.max_attempts),
-            max_output_tokens=spec.provider.max_output_tokens,
-            run_no=self.run_no * 1000 + self.worker_no,  # call ids unique across workers
-            in_flight=InFlightCounter(self.concurrency),
-            stopping=lambda: self.stopping,
-            keep=spec.input.keep,
+        limit_s = spec.limits.outage_minutes * 60
+        gates = Gates(
+            self.flow,
+            Budget(None),  # the driver holds the budget
+            Breaker(BreakerConfig(limit_s=limit_s), time.monotonic),
+        )
+        client = Client(provider, self.transport, PooledAuth({}), InFlightCounter(self.concurrency))
+        self.lane = online_lane(
+            spec,
+            build_task(spec),
+            (client, gates, Routing()),
+            lambda: self.stopping,
+            self.run_no,
+            call_prefix=str(self.run_no * 1000 + self.worker_no),  # unique across workers
             seed=self.worker_no,
-            output_cap=model_limits(spec.model).max_output,
         )
         send, recv = anyio.create_memory_object_stream[list[Row]](self.concurrency * 4)
         self._send, self._recv = send, recv
@@ -132,8 +131,8 @@ class LaneWorker:
         return self.counters()
 
     async def _work(self, packs: ObjectReceiveStream[list[Row]]) -> None:
-        dispatcher = self.dispatcher
-        assert dispatcher is not None
+        lane = self.lane
+        assert lane is not None
 
         async def emit(outcome: Outcome) -> None:
             # at most `concurrency` answered calls wait for the driver: if this worker dies,
@@ -147,7 +146,7 @@ class LaneWorker:
                 if self.stopping:
                     continue
                 try:
-                    await dispatcher.process(rows, emit)
+                    await lane.process(rows, emit)
                 except StopDispatch as stop:
                     self.stopping = True
                     if self.stop is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.providers.base import Reply
+from pipeline.core.reply import Reply
 
 # normalised states; the wire says BATCH_STATE_* (Gemini) or validating/in_progress/... (OpenAI)
 PENDING, RUNNING, SUCCEEDED, FAILED, EXPIRED, CANCELLED = (

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.reply import Reply, ReplyKind
+from pipeline.core.retry import ErrorClass
 from pipeline.lanes.api import (
     CANCELLED,
     EXPIRED,
@@ -20,9 +22,8 @@ from pipeline.lanes.api import (
     BatchApiError,
     RemoteBatch,
 )
-from pipeline.providers.base import Reply, ReplyKind, google_error
+from pipeline.providers.base import google_error
 from pipeline.providers.gemini import parse_generate_content
-from pipeline.retry import ErrorClass
 from pipeline.transport import HttpResponse, Transport, TransportError
 
 STATES = {

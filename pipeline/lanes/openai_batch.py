@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.reply import Reply, ReplyKind
+from pipeline.core.retry import ErrorClass
 from pipeline.lanes.api import (
     CANCELLED,
     EXPIRED,
@@ -17,9 +19,7 @@ from pipeline.lanes.api import (
     BatchApiError,
     RemoteBatch,
 )
-from pipeline.providers.base import Reply, ReplyKind
 from pipeline.providers.openai import STOP_CODES, parse_chat_completion
-from pipeline.retry import ErrorClass
 from pipeline.transport import HttpResponse, Transport, TransportError
 
 STATES = {

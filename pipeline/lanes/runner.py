@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
@@ -24,7 +25,24 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from pipeline.budget import Budget
-from pipeline.dispatch import Dispatcher, Outcome, RowState, StopDispatch
+from pipeline.core.records import (
+    BatchClose,
+    BatchRow,
+    CallOutcome,
+    CallRecord,
+    Lane,
+    Outcome,
+    ResultRecord,
+    Row,
+    RowState,
+    Status,
+    StopDispatch,
+    StopReason,
+    now_utc,
+)
+from pipeline.core.reply import Prompt, Reply
+from pipeline.core.usage import Usage
+from pipeline.core.verdict import Verdict, charge
 from pipeline.lanes.api import (
     CANCELLED,
     EXPIRED,
@@ -35,24 +53,18 @@ from pipeline.lanes.api import (
     BatchApiError,
     RemoteBatch,
 )
+from pipeline.lanes.online import Asking, Emit
 from pipeline.pricing import cost_usd
-from pipeline.providers.base import Prompt, Provider, Reply
-from pipeline.sources import Row
-from pipeline.store import (
-    BatchClose,
-    BatchRow,
-    CallRecord,
-    ResultRecord,
-    StoreThread,
-    now_utc,
-)
+from pipeline.providers.base import Provider
+from pipeline.spec import BatchSpec
+from pipeline.store import StoreThread
 
 T = TypeVar("T")
 log = logging.getLogger("flashpipe")
 SUBMIT_TRIES = 6
 MAX_COLLECT = 30.0  # seconds a buffered row waits at most for its batch to fill
 DEADLINE_MARGIN = 600.0  # what Flex needs at least before the deadline; Standard below it
-PAID_TWICE = "paid_twice"  # a call outcome: billed, its rows already answered another way
+ToOnline = Callable[[list[RowState], Emit], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,54 +89,51 @@ class LocalBatch:
 class LaneStats:
     submitted: int = 0
     finished: int = 0
-    open: int = 0
-    expired: int = 0
-    failed: int = 0
-    rows_sent: int = 0
     stalled: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class JobControl:
+    """A job as a lane sees it: its name and run, its deadline, and its stop switch."""
+
+    job: str
+    run_no: int
+    stopping: Callable[[], bool]
+    request_stop: Callable[[StopReason, str], None]
+    deadline: datetime | None = None
+
+
 class BatchRunner:
+    """The Batch lane: owns the batches of a run from buffering to closing. Answers are judged
+    by the same judge as online; stalled batches hand their rows to `to_online`."""
+
     def __init__(
         self,
-        *,
-        job: str,
-        run_no: int,
+        cfg: BatchSpec,
+        asking: Asking,
         api: BatchApi,
         provider: Provider,
-        dispatcher: Dispatcher,
         store: StoreThread,
         budget: Budget,
-        stopping: Callable[[], bool],
-        request_stop: Callable[[str, str], None],
-        rows_per_batch: int,
-        inline_max_bytes: int,
-        max_open: int,
-        poll_seconds: float,
-        max_poll_seconds: float,
-        collect_seconds: float,
-        max_attempts: int,
-        stall_seconds: float = 86_400.0,
+        control: JobControl,
+        to_online: ToOnline | None = None,
     ):
-        self.job = job
-        self.stall_seconds = stall_seconds
-        self.run_no = run_no
+        self.cfg = cfg
+        self.job = control.job
+        self.run_no = control.run_no
+        self.control = control
         self.api = api
         self.provider = provider
-        self.d = dispatcher
+        self.requests = asking.requests
+        self.judge = asking.judge
+        self.to_online = to_online
         self.store = store
         self.budget = budget
         self.out: ObjectSendStream[BatchOutcome | Outcome] | None = None
-        self.stopping = stopping
-        self.request_stop = request_stop
-        self.rows_per_batch = rows_per_batch
-        self.inline_max_bytes = inline_max_bytes
-        self.open_slots = anyio.Semaphore(max_open)
-        self.poll_seconds = poll_seconds
-        self.max_poll_seconds = max_poll_seconds
-        self.collect_seconds = collect_seconds
-        self.max_attempts = max_attempts
-        self.prices = dispatcher.lane_prices["batch"]
+        self.stopping = control.stopping
+        self.request_stop = control.request_stop
+        self.open_slots = anyio.Semaphore(cfg.max_open)
+        self.prices = asking.lane_prices()[Lane.BATCH]
         self.stats = LaneStats()
         self._buffer: list[list[RowState]] = []
         self._buffered_rows = 0
@@ -166,9 +175,8 @@ class BatchRunner:
         while not self.stopping():
             timeout = None
             if self._buffer:
-                until = min(
-                    last + self.collect_seconds, first + max(MAX_COLLECT, self.collect_seconds)
-                )
+                wait = self.cfg.collect_seconds
+                until = min(last + wait, first + max(MAX_COLLECT, wait))
                 timeout = max(0.0, until - time.monotonic())
             group: list[RowState] | list[Row] | None = None
             if timeout is None or timeout > 0:  # a batch that is due goes before the next row
@@ -178,16 +186,13 @@ class BatchRunner:
                     except anyio.EndOfStream:
                         break
             if group is not None:
-                group = [
-                    s if isinstance(s, RowState) else RowState(s, self.d.max_output_tokens)
-                    for s in group
-                ]
+                group = [s if isinstance(s, RowState) else self.requests.state(s) for s in group]
                 last = time.monotonic()
                 if not self._buffer:
                     first = last
                 self._buffer.append(group)
                 self._buffered_rows += len(group)
-            if self._buffered_rows >= self.rows_per_batch or (group is None and self._buffer):
+            if self._buffered_rows >= self.cfg.rows_per_batch or (group is None and self._buffer):
                 await self._launch()
                 first = time.monotonic()
 
@@ -196,7 +201,7 @@ class BatchRunner:
         groups: list[list[RowState]] = []
         rows = 0
         while self._buffer and rows + len(self._buffer[0]) <= max(
-            self.rows_per_batch, len(self._buffer[0])
+            self.cfg.rows_per_batch, len(self._buffer[0])
         ):
             g = self._buffer.pop(0)
             groups.append(g)
@@ -209,12 +214,13 @@ class BatchRunner:
         self._count += 1
         batch_id = f"flashpipe-{self.run_no}-{self._count}-{self._salt}"
         reserved = Decimal(0)
-        prompts = [self.d.prompt_for(g) for g in groups]
+        prompts = [self.requests.prompt_for(g) for g in groups]
+        capped = self.budget.cap is not None
         for prompt, est in prompts:
-            reserved += self.d.reserve_for(prompt, est, self.prices)
+            reserved += self.requests.reserve_for(prompt, est, self.prices, capped)
         if not await self.budget.reserve(reserved):
             self.open_slots.release()
-            self.request_stop("budget", "budget.max_usd reached")
+            self.request_stop(StopReason.BUDGET, "budget.max_usd reached")
             return
         rows_to_store = [
             BatchRow(i, s.row.id, s.row.pos, s.row.text, s.row.fields, s.burned)
@@ -249,7 +255,7 @@ class BatchRunner:
         groups: dict[int, list[RowState]] = {}
         for r in stored:
             row = Row(r.row_id, r.pos, r.text, r.fields)
-            state = RowState(row, self.d.max_output_tokens, burned=r.attempts)
+            state = self.requests.state(row, burned=r.attempts)
             groups.setdefault(r.req, []).append(state)
         ordered = [groups[k] for k in sorted(groups)]
         reserved = Decimal(str(info["reserved"]))
@@ -260,7 +266,7 @@ class BatchRunner:
         if batch.provider_name is not None:
             self.stats.submitted += 1
         log.info("resuming batch %s (%s)", batch_id, name or "not yet submitted")
-        self._start(batch, [self.d.prompt_for(g)[0] for g in ordered])
+        self._start(batch, [self.requests.prompt_for(g)[0] for g in ordered])
 
     # -- one batch ---------------------------------------------------------------------------
     async def _lifecycle(self, batch: LocalBatch, prompts: list[Prompt]) -> None:
@@ -290,7 +296,7 @@ class BatchRunner:
             keys = [str(i) for i in range(len(batch.groups))]
             requests = [self.provider.encode(p) for p in prompts]
             size = sum(len(r) for r in requests) + 64 * len(requests)
-            inline = size <= self.inline_max_bytes
+            inline = size <= self.cfg.inline_max_bytes
             try:
                 found = await self._retrying(
                     lambda: self._create(batch, keys, requests, inline), "submit"
@@ -300,7 +306,6 @@ class BatchRunner:
                 return
         batch.provider_name = found
         self.stats.submitted += 1
-        self.stats.rows_sent += sum(len(g) for g in batch.groups)
         await self.store.run(self.store.store.batch_submitted, self.job, batch.batch_id, found)
         log.info("batch %s submitted as %s", batch.batch_id, found)
 
@@ -325,7 +330,7 @@ class BatchRunner:
                 return await call()
             except BatchApiError as exc:
                 if exc.stop:
-                    raise StopDispatch("provider", str(exc)) from None
+                    raise StopDispatch(StopReason.PROVIDER, str(exc)) from None
                 if exc.bad or attempt == SUBMIT_TRIES:
                     raise
                 log.warning("batch %s failed (%s); trying again in %.0f s", what, exc, delay)
@@ -335,7 +340,7 @@ class BatchRunner:
 
     async def _poll(self, batch: LocalBatch) -> RemoteBatch | None:
         assert batch.provider_name is not None
-        interval = self.poll_seconds
+        interval = self.cfg.poll_seconds
         last_state = ""
         started = time.monotonic()
         grace = 0.0
@@ -344,7 +349,7 @@ class BatchRunner:
                 remote = await self.api.get(batch.provider_name)
             except BatchApiError as exc:
                 if exc.stop:
-                    raise StopDispatch("provider", str(exc)) from None
+                    raise StopDispatch(StopReason.PROVIDER, str(exc)) from None
                 log.warning("polling batch %s: %s", batch.batch_id, exc)
             else:
                 if remote.state != last_state:
@@ -366,50 +371,32 @@ class BatchRunner:
                 log.warning("batch %s never answered; stopped watching it", batch.batch_id)
                 return None
             await anyio.sleep(interval)
-            interval = min(self.max_poll_seconds, interval * 1.5)
+            interval = min(self.cfg.max_poll_seconds, interval * 1.5)
         return None
 
     async def _finish(self, batch: LocalBatch, prompts: list[Prompt], remote: RemoteBatch) -> None:
-        answers: dict[str, Reply] = {}
-        if remote.state in (SUCCEEDED, EXPIRED, CANCELLED):  # an ended batch may hold some
-            answers = await self._retrying(lambda: self.api.results(remote), "results")
+        answers = await self._answers(remote)
         calls: list[CallRecord] = []
         results: list[ResultRecord] = []
         again: list[list[RowState]] = []
         cost = Decimal(0)
-        ok_rows = 0
-        started = now_utc()
         for i, (group, prompt) in enumerate(zip(batch.groups, prompts, strict=True)):
             reply = answers.get(str(i))
             if reply is None:
-                again += self._unanswered(group, remote, results)
-                continue
-            call_cost = self._charge(group, reply)
-            cost += call_cost
-            outcome, finals, retry, error = self.d.judge(group, prompt, reply)
-            calls.append(
-                self.d.call_record(
-                    group,
-                    reply,
-                    outcome,
-                    error,
-                    started,
-                    0.0,
-                    "batch",
-                    call_cost,
-                    call_id=f"{batch.batch_id}:{i}",
-                )
-            )
-            results += finals
-            ok_rows += sum(1 for r in finals if r.status == "ok")
-            again += [g for g, _ in retry]
+                verdict = self.judge.unanswered(group, _missing(remote))
+            else:
+                call_cost = cost_usd(reply.usage, self.prices)
+                cost += call_cost
+                charge(group, reply.usage, call_cost, self._share_cost)
+                # a 429 line here is this batch's business: nothing online slows down for it
+                verdict = self.judge.verdict(group, prompt.max_output_tokens, reply)
+                calls.append(self._call(group, reply, verdict, call_cost, f"{batch.batch_id}:{i}"))
+            results += verdict.finals
+            again += verdict.again()
         self.budget.settle(batch.reserved, cost)
+        ok_rows = sum(1 for r in results if r.status == Status.OK)
         retry_rows = sum(len(g) for g in again)
         self.stats.finished += 1
-        if remote.state == EXPIRED:
-            self.stats.expired += 1
-        elif remote.state == FAILED:
-            self.stats.failed += 1
         close = BatchClose(batch.batch_id, remote.state, ok_rows, retry_rows, remote.error)
         assert self.out is not None
         await self.out.send(BatchOutcome(calls, results, close))
@@ -422,14 +409,30 @@ class BatchRunner:
         )
         self._requeue(again)
 
+    async def _answers(self, remote: RemoteBatch) -> dict[str, Reply]:
+        if remote.state not in (SUCCEEDED, EXPIRED, CANCELLED):  # an ended batch may hold some
+            return {}
+        return await self._retrying(lambda: self.api.results(remote), "results")
+
+    def _share_cost(self, usage: Usage) -> Decimal:
+        return cost_usd(usage, self.prices)
+
+    def _call(
+        self, group: list[RowState], reply: Reply, verdict: Verdict, cost: Decimal, call_id: str
+    ) -> CallRecord:
+        when = (now_utc(), 0.0)
+        return self.requests.call_record(
+            group, reply, verdict, when, Lane.BATCH, cost, call_id=call_id
+        )
+
     def _deadline_left(self) -> float:
-        deadline = self.d.deadline
+        deadline = self.control.deadline
         return math.inf if deadline is None else (deadline - now_utc()).total_seconds()
 
     def _stalled(self, waited: float) -> bool:
         """Pending too long, or too close to the job's deadline for the batch to finish (its
         rows then still have time for Flex)."""
-        return waited >= self.stall_seconds or self._deadline_left() < 2 * DEADLINE_MARGIN
+        return waited >= self.cfg.stall_seconds or self._deadline_left() < 2 * DEADLINE_MARGIN
 
     async def _move_online(self, batch: LocalBatch, waited: float) -> None:
         """A stalled batch: close it in the store and run its rows on Flex (Standard when the
@@ -447,6 +450,8 @@ class BatchRunner:
         )
         near = self._deadline_left() < DEADLINE_MARGIN
         out = self.out
+        to_online = self.to_online
+        assert to_online is not None  # a batch stalls only where rows can go online
 
         async def emit(outcome: Outcome) -> None:
             await out.send(outcome)
@@ -456,8 +461,8 @@ class BatchRunner:
         async def one(group: list[RowState]) -> None:
             async with limit:
                 for state in group:
-                    state.tier = None if near else "flex"
-                await self.d.take(group, emit)
+                    state.flex = not near
+                await to_online(group, emit)
 
         async with anyio.create_task_group() as tg:
             for group in batch.groups:
@@ -466,31 +471,17 @@ class BatchRunner:
     async def _finish_late(self, batch: LocalBatch, remote: RemoteBatch) -> None:
         """A stalled batch answered after its rows were answered online: every billed answer
         is stored as a call paid twice, and no result changes."""
-        answers: dict[str, Reply] = {}
-        if remote.state in (SUCCEEDED, EXPIRED, CANCELLED):
-            answers = await self._retrying(lambda: self.api.results(remote), "results")
+        answers = await self._answers(remote)
         calls: list[CallRecord] = []
         cost = Decimal(0)
-        started = now_utc()
+        late = Verdict(CallOutcome.PAID_TWICE, error="answered after its rows were answered online")
         for i, group in enumerate(batch.groups):
             reply = answers.get(str(i))
             if reply is None:
                 continue
             call_cost = cost_usd(reply.usage, self.prices)
             cost += call_cost
-            calls.append(
-                self.d.call_record(
-                    group,
-                    reply,
-                    PAID_TWICE,
-                    "answered after its rows were answered online",
-                    started,
-                    0.0,
-                    "batch",
-                    call_cost,
-                    call_id=f"{batch.batch_id}:{i}",
-                )
-            )
+            calls.append(self._call(group, reply, late, call_cost, f"{batch.batch_id}:{i}"))
         self.budget.settle(batch.reserved, cost)
         why = f"answered late ({len(calls)} requests paid twice)"
         close = BatchClose(batch.batch_id, remote.state, 0, 0, why)
@@ -498,37 +489,14 @@ class BatchRunner:
         await self.out.send(BatchOutcome(calls, [], close))
         log.warning("batch %s %s", batch.batch_id, why)
 
-    def _charge(self, group: list[RowState], reply: Reply) -> Decimal:
-        cost = cost_usd(reply.usage, self.prices)
-        self.d.charge(group, reply, self.prices, cost)
-        return cost
-
-    def _unanswered(
-        self, group: list[RowState], remote: RemoteBatch, results: list[ResultRecord]
-    ) -> list[list[RowState]]:
-        """Rows a finished batch holds no answer for: they go again, up to max_attempts."""
-        why = f"batch {remote.state}" + (f": {remote.error}" if remote.error else "")
-        if remote.state == SUCCEEDED:
-            why = "no answer for it in the batch results"
-        back: list[RowState] = []
-        for state in group:
-            state.burned += 1
-            state.last_error = why
-            if state.burned >= self.max_attempts:
-                results.append(
-                    self.d.final(state, "failed", None, f"after {state.burned} batches: {why}")
-                )
-                self.d.failures += 1
-            else:
-                back.append(state)
-        return [back] if back else []
-
     async def _close_failed(self, batch: LocalBatch, prompts: list[Prompt], error: str) -> None:
         remote = RemoteBatch("", FAILED, error)
         results: list[ResultRecord] = []
         again: list[list[RowState]] = []
         for group in batch.groups:
-            again += self._unanswered(group, remote, results)
+            verdict = self.judge.unanswered(group, _missing(remote))
+            results += verdict.finals
+            again += verdict.again()
         self.budget.settle(batch.reserved, Decimal(0))
         retry_rows = sum(len(g) for g in again)
         close = BatchClose(batch.batch_id, FAILED, 0, retry_rows, error)
@@ -541,3 +509,10 @@ class BatchRunner:
             self._buffer.append(g)
             self._buffered_rows += len(g)
         self._requeued.set()
+
+
+def _missing(remote: RemoteBatch) -> str:
+    """Why a finished batch holds no answer for a request."""
+    if remote.state == SUCCEEDED:
+        return "no answer for it in the batch results"
+    return f"batch {remote.state}" + (f": {remote.error}" if remote.error else "")

@@ -6,17 +6,11 @@ from typing import Any
 
 import orjson
 
-from pipeline.providers.base import (
-    Prompt,
-    Reply,
-    ReplyKind,
-    Shape,
-    google_capacity,
-    google_error,
-)
-from pipeline.retry import ErrorClass
+from pipeline.core.reply import Prompt, Reply, ReplyKind, Shape
+from pipeline.core.retry import ErrorClass
+from pipeline.core.usage import Usage
+from pipeline.providers.base import google_capacity, google_error
 from pipeline.transport import HttpResponse
-from pipeline.usage import Usage
 
 BLOCK_FINISH = {
     "SAFETY",

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 
-from pipeline.providers.base import Shape
-from pipeline.sources import Row
+from pipeline.core.records import Row
+from pipeline.core.reply import Shape
 from pipeline.tasks.fastcheck import compile_check
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from pipeline.sources import Row
+from pipeline.core.records import Row
 from pipeline.spec import CustomSpec
 from pipeline.tasks.base import Task, ViewColumn, estimate_tokens, sql_str
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.providers.base import Shape
-from pipeline.sources import Row
+from pipeline.core.records import Row
+from pipeline.core.reply import Shape
 from pipeline.tasks.base import Task
 
 PACK_NOTE = (

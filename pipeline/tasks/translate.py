@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipeline.sources import Row
+from pipeline.core.records import Row
 from pipeline.spec import TranslateSpec
 from pipeline.tasks.base import Task, ViewColumn, estimate_tokens, missing_tokens
 

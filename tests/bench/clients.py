@@ -18,8 +18,8 @@ import aiohttp
 import httpx
 import uvloop
 
-from pipeline.engine import build_provider
-from pipeline.providers.base import Prompt
+from pipeline.core.reply import Prompt
+from pipeline.lanes.build import build_provider
 from pipeline.sources import read_batches
 from pipeline.spec import load_spec
 from pipeline.tasks import build_task

@@ -10,17 +10,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from pipeline.core.records import CallRecord, ResultRecord
+from pipeline.core.usage import Usage
 from pipeline.engine import stored_spec
 from pipeline.simproc import SimProcess
 from pipeline.spec import load_spec
-from pipeline.store import (
-    CallRecord,
-    ResultRecord,
-    Store,
-    _calls_table,
-    _results_table,
-)
-from pipeline.usage import Usage
+from pipeline.store import Store, _calls_table, _results_table
 from tests.bench import data, measure
 from tests.bench.report import Section
 
