@@ -30,10 +30,11 @@ test: $(STAMP) ## run the test suite (a few minutes; slow chaos tests and benchm
 slow: $(STAMP) ## run the slow chaos and long end-to-end tests (CI runs them after `make test`)
 	@$(call PYTEST,slow)
 
-lint: $(STAMP) ## ruff format --check, ruff check, mypy --strict
+lint: $(STAMP) ## ruff format --check, ruff check, mypy --strict, the import layers (lint-imports)
 	$(VENV)/bin/ruff format --check pipeline tests
 	$(VENV)/bin/ruff check pipeline tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) ## run the benchmarks, write tests/bench/results.md
 	$(PY) -m tests.bench.run

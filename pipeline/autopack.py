@@ -3,7 +3,7 @@
 Packing sends the instructions and schema once for many rows, so the cost per row falls
 with every row added, by less each time. From a sample of the input (the same estimate as
 `flashpipe estimate`) the cost per row is computed for each candidate packing that fits:
-the answers' expected tokens, doubled as the dispatcher asks, within the model's output
+the answers' expected tokens, doubled as the online lane asks, within the model's output
 cap, and the rows within the packer's input cap. Larger packs cost more latency and re-send
 more rows when one answer goes wrong, so the choice is the smallest packing within 2 % of
 the cheapest.
@@ -20,6 +20,7 @@ from pipeline.catalog import model_limits
 from pipeline.core.records import Row
 from pipeline.core.usage import Usage
 from pipeline.pricing import Prices, cost_usd, resolve_prices
+from pipeline.sampling import THINKING_RATIO, read_sample, sample_tokens
 from pipeline.spec import JobSpec
 from pipeline.tasks.base import Task, estimate_tokens
 
@@ -27,7 +28,6 @@ log = logging.getLogger("flashpipe")
 CANDIDATES = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50)
 MAX_INPUT_TOKENS = 8_000  # the engine's Packer closes a pack at this many row tokens
 WITHIN = Decimal("1.02")
-THINKING_RATIO = {"minimal": 0.0, "low": 1.0, "medium": 3.0, "high": 8.0}
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,6 @@ def pick(costs: dict[int, Decimal]) -> int:
 
 
 def choose_packing(spec: JobSpec, task: Task, sample: list[Row], prices: Prices) -> PackChoice:
-    from pipeline.estimate import sample_tokens
-
     cap = model_limits(spec.model).max_output
     row_tokens = max(estimate_tokens(task.render(r)) for r in sample) if sample else 1
     ratio = THINKING_RATIO[spec.provider.thinking]
@@ -75,8 +73,6 @@ def choose_packing(spec: JobSpec, task: Task, sample: list[Row], prices: Prices)
 
 def with_auto_packing(spec: JobSpec, task: Task) -> JobSpec:
     """The job with `rows_per_request = "auto"` resolved from a sample of its input."""
-    from pipeline.estimate import read_sample
-
     sample = read_sample(spec)
     if not sample:
         return spec

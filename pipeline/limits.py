@@ -242,7 +242,6 @@ class FlowControl:
         self.aimd = Aimd(float(rpm)) if rpm > 0 else None
         self.pressure = Pressure()
         self.accepted = AcceptedRate()
-        self.rate_limited = 0
         self._last_pressure = -math.inf
 
     async def acquire(self, est_tokens: int) -> None:
@@ -282,7 +281,6 @@ class FlowControl:
 
     def on_rate_limited(self, delay: float | None) -> None:
         """A 429: the request itself waits `delay`; under pressure every worker waits too."""
-        self.rate_limited += 1
         if not self.pressure.high():
             return
         self._last_pressure = self._clock()
@@ -311,8 +309,6 @@ class FlowControl:
 class Flow(Protocol):
     """What the attempt loop asks of flow control: FlowControl here, or key pools
     (pipeline.poolflow.PooledFlow), in one process or leased from Ray's quota brokers."""
-
-    rate_limited: int
 
     async def acquire(self, est_tokens: int) -> None: ...
 

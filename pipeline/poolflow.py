@@ -203,7 +203,6 @@ class PooledFlow:
         self.pools = list(pools)
         self._clock = clock
         self._turn = 0
-        self.rate_limited = 0
 
     def active(self) -> list[PoolClient]:
         return [p for p in self.pools if p.state is PoolState.ACTIVE]
@@ -250,7 +249,6 @@ class PooledFlow:
             pool.responded(rate_limited)
 
     def on_rate_limited(self, delay: float | None) -> None:
-        self.rate_limited += 1
         pool = self.current()
         if pool is not None:
             pool.rate_limited(delay)

@@ -493,20 +493,6 @@ class Store:
         )
 
     # -- resume -------------------------------------------------------------------------
-    def stored_positions(self, job: str, row_ids: Sequence[str]) -> dict[str, str | None]:
-        """For the candidate ids already in results: id -> the input position that stored it."""
-        cand = pa.table({"row_id": pa.array(row_ids, pa.string())})
-        self.con.register("_cand", cand)
-        try:
-            rows = self.con.execute(
-                "SELECT r.row_id, r.pos FROM results r SEMI JOIN _cand c ON r.row_id = c.row_id"
-                " WHERE r.job = ?",
-                [job],
-            ).fetchall()
-        finally:
-            self.con.unregister("_cand")
-        return {r[0]: r[1] for r in rows}
-
     def to_do(self, job: str, row_ids: pa.Array, positions: pa.Array) -> dict[int, str | None]:
         """The anti-join of resume: candidates with no stored result, or stored from another
         input position (a duplicate id). Index -> the position that stored it (or None)."""

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from pipeline.autopack import choose_packing, pick
 from pipeline.core.usage import Usage
-from pipeline.estimate import estimate, read_sample
+from pipeline.estimate import estimate
 from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.sampling import read_sample
 from pipeline.simproc import SimProcess
 from pipeline.tasks import build_task
 from tests.conftest import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
