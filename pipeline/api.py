@@ -300,7 +300,7 @@ class Job:
     def results(self, status: RowStatus | Sequence[RowStatus] | None = None) -> pa.Table:
         """The job's results in input order, with the typed view's columns (answer fields and
         keep columns in their input types)."""
-        from pipeline.tasks.base import sql_ident, sql_str
+        from pipeline.store import sql_ident, sql_str
 
         where = ""
         if status is not None:

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -121,6 +121,114 @@ def status_path(db_path: str) -> Path:
     return Path(db_path + ".status.json")
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A job as the store has it when a run begins."""
+
+    run_no: int
+    view: str
+    spent_before: Decimal
+    rows_before: int
+
+
+async def open_job(
+    spec: JobSpec,
+    thread: StoreThread,
+    view: tuple[Any, dict[str, pa.DataType]],
+    restart: bool,
+    db_path: str,
+) -> Opened:
+    """Begin the run in the store: refuse a changed input, create the typed view, and count
+    the calls a killed run was billed for but never stored."""
+    store = thread.store
+    if restart:
+        await thread.run(store.drop_job, spec.name)
+    files = await anyio.to_thread.run_sync(input_fingerprint, spec.input)
+    known = await thread.run(store.job_row, spec.name)
+    if known is not None:
+        check_unchanged(spec.name, orjson.loads(known["spec"]).get("_input"), files)
+    run_no = await thread.run(
+        store.begin_job,
+        spec.name,
+        stored_spec(spec, files),
+        spec.spec_hash,
+        spec.identity(),
+        spec.task,
+        spec.model,
+    )
+    columns, kept_types = view  # the task's typed columns, the kept input columns' types
+    name = await thread.run(store.create_view, spec.name, columns, spec.input.keep, kept_types)
+    leftovers = journal_files(db_path)
+    lost = list(read_journal(leftovers))
+    if lost:
+        found = await thread.run(store.recover_calls, lost)
+        log.warning("recovered %d billed calls a previous run lost before storing them", found)
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    before = await thread.run(store.call_totals, spec.name)
+    done_before = sum((await thread.run(store.status_counts, spec.name)).values())
+    return Opened(run_no, name, before["usd"], done_before)
+
+
+Message = Outcome | ResultRecord | BatchOutcome  # what the writer receives
+
+
+@dataclass(slots=True)
+class Pending:
+    """What the writer holds until its next commit."""
+
+    results: list[ResultRecord] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    closes: list[BatchClose] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.results or self.calls or self.closes)
+
+    def add(
+        self,
+        msgs: list[Message],
+        fan_out: Callable[[list[ResultRecord]], list[ResultRecord]],
+        count: Callable[[CallRecord], None],
+    ) -> list[CallRecord]:
+        """Take the messages in; the online calls among them, which need the journal."""
+        received: list[CallRecord] = []
+        for msg in msgs:
+            if isinstance(msg, Outcome):
+                received.append(msg.call)
+                self.results.extend(fan_out(msg.results))
+                count(msg.call)
+            elif isinstance(msg, BatchOutcome):
+                # the provider keeps a batch's answers: no journal needed, and the batch
+                # closes in the same commit as its results
+                self.calls.extend(msg.calls)
+                self.results.extend(fan_out(msg.results))
+                self.closes.append(msg.close)
+                for call in msg.calls:
+                    count(call)
+            else:
+                self.results.append(msg)
+        self.calls.extend(received)
+        return received
+
+
+async def _receive_some(
+    inbox: ChannelReceiver[Message], most: int, wait: float
+) -> tuple[list[Message], bool]:
+    """What is queued (up to `most`), waiting at most `wait` for the first; and whether the
+    stream has ended."""
+    msgs: list[Message] = []
+    with anyio.move_on_after(wait):
+        try:
+            msgs.append(await inbox.receive())
+            while len(msgs) < most:  # take what is queued: one journal write
+                msgs.append(inbox.receive_nowait())
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return msgs, True
+    return msgs, False
+
+
 class JobRun:
     """State of one run, shared by the reader, the workers, the writer and the ticker."""
 
@@ -130,14 +238,14 @@ class JobRun:
         store: StoreThread,
         transport: Transport,
         auth: Auth,
-        run_no: int,
-        spent_before: Decimal,
+        opened: Opened,
         progress: ProgressReporter,
         db_path: str,
         journal: CallJournal,
     ):
         self.spec = spec
-        self.run_no = run_no
+        self.run_no = opened.run_no
+        self.view = opened.view
         self.ray_stats: dict[str, Any] = {}  # workers, deaths, leases (engine.kind = "ray")
         self.ray_run: Any = None  # pipeline.dist.driver.RayRun, started before the stages
         self.journal = journal
@@ -151,7 +259,7 @@ class JobRun:
             from pipeline.poolflow import local_pools
 
             self.flow, auth = local_pools(spec.provider.pools, build_provider(spec).headers)
-        self.budget = Budget(spec.max_usd, spent_before)
+        self.budget = Budget(spec.max_usd, opened.spent_before)
         self.progress = progress
         self.db_path = db_path
         conc = spec.limits.concurrency
@@ -198,6 +306,19 @@ class JobRun:
             b, online.asking, api, provider, self.store, self.budget, control, online.take
         )
         return online, batches
+
+    def summary(self, elapsed_s: float) -> RunSummary:
+        stats, batches = self.stats, self.batches
+        return RunSummary(
+            self.spec.name,
+            stats.state,
+            dict(stats.by_status),
+            stats.requests + (batches.api.requests if batches is not None else 0),
+            stats.usd,
+            elapsed_s,
+            self.view,
+            self.ray_stats or None,
+        )
 
     def stopping(self) -> bool:
         return self.stop_reason is not None
@@ -338,65 +459,32 @@ class JobRun:
                     self.request_stop(stop.reason, str(stop))
 
     # -- writer ------------------------------------------------------------------------------
-    async def write(self, inbox: ChannelReceiver[Outcome | ResultRecord | BatchOutcome]) -> None:
+    async def write(self, inbox: ChannelReceiver[Message]) -> None:
         """Receive outcomes, journal each call at once, and hand batches to the committer.
 
         Receiving never waits for a commit: while one batch commits, the next one fills and
         its calls are already in the journal, so a kill -9 loses no received call unrecorded.
         Each journal generation holds exactly one batch and is deleted once that batch commits.
         """
-        results: list[ResultRecord] = []
-        calls: list[CallRecord] = []
-        closes: list[BatchClose] = []
+        pending = Pending()
         last = time.monotonic()
-        batches_send, batches_recv = anyio.create_memory_object_stream[
-            tuple[Path, list[ResultRecord], list[CallRecord], list[BatchClose]]
-        ](1)
+        to_commit, committing = channel[tuple[Path, Pending]](1)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._commit, batches_recv)
-            async with inbox, batches_send:
+            tg.start_soon(self._commit, committing)
+            async with inbox, to_commit:
                 closed = False
                 while not closed:
-                    msgs: list[Outcome | ResultRecord | BatchOutcome] = []
-                    with anyio.move_on_after(FLUSH_SECONDS):
-                        try:
-                            msgs.append(await inbox.receive())
-                            while len(msgs) < 512:  # take what is queued: one journal write
-                                msgs.append(inbox.receive_nowait())
-                        except anyio.WouldBlock:
-                            pass
-                        except anyio.EndOfStream:
-                            closed = True
-                    received = []
-                    settled: list[CallRecord] = []
-                    for msg in msgs:
-                        if isinstance(msg, Outcome):
-                            received.append(msg.call)
-                            results.extend(self._fan_out(msg.results))
-                            self._count_call(msg.call)
-                        elif isinstance(msg, BatchOutcome):
-                            # the provider keeps a batch's answers: no journal needed, and
-                            # the batch closes in the same commit as its results
-                            settled.extend(msg.calls)
-                            results.extend(self._fan_out(msg.results))
-                            closes.append(msg.close)
-                            for call in msg.calls:
-                                self._count_call(call)
-                        else:
-                            results.append(msg)
+                    msgs, closed = await _receive_some(inbox, 512, FLUSH_SECONDS)
+                    received = pending.add(msgs, self._fan_out, self._count_call)
                     if received:
                         self.journal.append(self.spec.name, received)
-                        calls.extend(received)
-                    calls.extend(settled)
                     now = time.monotonic()
-                    due = len(results) >= FLUSH_ROWS or now - last >= FLUSH_SECONDS
-                    pending = results or calls or closes
+                    due = len(pending.results) >= FLUSH_ROWS or now - last >= FLUSH_SECONDS
                     if pending and (closed or (due and self._committed.is_set())):
                         await self._committed.wait()  # only ever waits at the very end
                         self._committed = anyio.Event()
-                        await batches_send.send((self.journal.rotate(), results, calls, closes))
-                        results, calls, closes = [], [], []
-                        last = now
+                        await to_commit.send((self.journal.rotate(), pending))
+                        pending, last = Pending(), now
 
     def _fan_out(self, finals: list[ResultRecord]) -> list[ResultRecord]:
         """Each sent row's result, plus the results of the copies that waited for it."""
@@ -405,15 +493,10 @@ class JobRun:
             out.extend(self.dedupe.fan_out(r))
         return out
 
-    async def _commit(
-        self,
-        batches: ObjectReceiveStream[
-            tuple[Path, list[ResultRecord], list[CallRecord], list[BatchClose]]
-        ],
-    ) -> None:
+    async def _commit(self, batches: ChannelReceiver[tuple[Path, Pending]]) -> None:
         async with batches:
-            async for generation, results, calls, closes in batches:
-                await self._flush(results, calls, closes)
+            async for generation, p in batches:
+                await self._flush(p.results, p.calls, p.closes)
                 generation.unlink(missing_ok=True)  # every call in it is stored now
                 self._committed.set()
 
@@ -659,41 +742,13 @@ async def run_job(
     journal: CallJournal | None = None
     failed: BaseException | None = None
     try:
-        if restart:
-            await thread.run(store.drop_job, spec.name)
-        files = await anyio.to_thread.run_sync(input_fingerprint, spec.input)
-        known = await thread.run(store.job_row, spec.name)
-        if known is not None:
-            check_unchanged(spec.name, orjson.loads(known["spec"]).get("_input"), files)
-        run_no = await thread.run(
-            store.begin_job,
-            spec.name,
-            stored_spec(spec, files),
-            spec.spec_hash,
-            spec.identity(),
-            spec.task,
-            spec.model,
-        )
-        view = await thread.run(
-            store.create_view, spec.name, task.view_columns(), spec.input.keep, kept_types
-        )
-        # calls a killed run received but never stored: billed all the same, so they count
-        leftovers = journal_files(db_path)
-        lost = list(read_journal(leftovers))
-        if lost:
-            found = await thread.run(store.recover_calls, lost)
-            log.warning("recovered %d billed calls a previous run lost before storing them", found)
-        for path in leftovers:
-            path.unlink(missing_ok=True)
+        view = (task.view_columns(), kept_types)
+        opened = await open_job(spec, thread, view, restart, db_path)
         journal = CallJournal(db_path)
-        before = await thread.run(store.call_totals, spec.name)
-        done_before = sum((await thread.run(store.status_counts, spec.name)).values())
-        run = JobRun(
-            spec, thread, transport, auth, run_no, before["usd"], progress, db_path, journal
-        )
+        run = JobRun(spec, thread, transport, auth, opened, progress, db_path, journal)
         run.stats.rows_total = rows_total
         run.stats.rows_total_exact = exact
-        run.stats.rows_before = done_before
+        run.stats.rows_before = opened.rows_before
         if spec.engine.kind == "ray":
             from pipeline.dist.driver import start_on_ray
 
@@ -727,16 +782,7 @@ async def run_job(
             if journal is not None:
                 journal.close()
     assert run is not None
-    return RunSummary(
-        spec.name,
-        run.stats.state,
-        dict(run.stats.by_status),
-        run.stats.requests + (run.batches.api.requests if run.batches is not None else 0),
-        run.stats.usd,
-        time.monotonic() - started,
-        view,
-        run.ray_stats or None,
-    )
+    return run.summary(time.monotonic() - started)
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

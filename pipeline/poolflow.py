@@ -1,7 +1,7 @@
 """A worker's side of key pools: leased capacity per pool, the pool each call goes through, and
 the headers of that pool's keys.
 
-`PooledFlow` is what the Dispatcher calls as its flow control (acquire, settle, on_response,
+`PooledFlow` is what the online lane calls as its flow control (acquire, settle, on_response,
 on_rate_limited): it takes capacity from whichever pool has some, leases more in blocks when
 its stock runs out, and reports what it used and saw with the next lease. The pool chosen for a
 call is kept in a context variable of the calling task, so the call's headers, its settlement
@@ -195,7 +195,7 @@ class _Pending:
 
 
 class PooledFlow:
-    """The Dispatcher's flow control over several pools."""
+    """The online lane's flow control over several pools."""
 
     def __init__(self, pools: Sequence[PoolClient], clock: Clock = time.monotonic) -> None:
         if not pools:

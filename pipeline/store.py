@@ -27,7 +27,7 @@ import pyarrow as pa
 from pipeline.core.records import BatchClose, BatchRow, CallRecord, ResultRecord, now_utc, runner_id
 from pipeline.core.usage import Usage
 from pipeline.errors import FlashpipeError, JobBusy, SpecError, StoreError
-from pipeline.tasks.base import ViewColumn, sql_ident, sql_str
+from pipeline.tasks.base import ViewColumn
 
 T = TypeVar("T")
 
@@ -796,7 +796,7 @@ class Store:
         input types (text when the type is unknown, as in a store written before types)."""
         name = view_name(job)
         cols = ["r.row_id", "r.status", "r.error"]
-        cols += [f"{c.sql} AS {sql_ident(c.name)}" for c in columns]
+        cols += [f"{_column_sql(c)} AS {sql_ident(c.name)}" for c in columns]
         taken = {c.name for c in columns} | {"row_id", "status", "error", "cost_usd", "attempts"}
         sql_types = self._sql_types(keep_types or {})
         cols += [
@@ -899,6 +899,26 @@ class Store:
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SpecError(f"query failed: {first}") from None
+
+
+def sql_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _column_sql(c: ViewColumn) -> str:
+    """The SQL of a task's view column over the results table (aliased `r`)."""
+    path = sql_str(c.path)
+    if c.type == "VARCHAR":
+        sql = f"json_extract_string(r.output, {path})"
+    elif c.type == "JSON":
+        sql = f"json_extract(r.output, {path})"
+    else:
+        sql = f"CAST(json_extract(r.output, {path}) AS {c.type})"
+    return f"coalesce({sql}, r.status = 'blocked')" if c.blocked_is_true else sql
 
 
 def _from_json(t: pa.DataType) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -13,24 +13,23 @@ from pipeline.core.records import Row
 from pipeline.core.reply import Shape
 from pipeline.tasks.fastcheck import compile_check
 
+SqlType = Literal["VARCHAR", "JSON", "BIGINT", "INTEGER", "DOUBLE", "BOOLEAN", "VARCHAR[]"]
+
 
 @dataclass(frozen=True)
 class ViewColumn:
+    """A typed column of a job's results view: the answer's value at a JSON path. The store
+    writes the SQL."""
+
     name: str
-    sql: str  # an expression over the results table aliased `r`
+    path: str  # a JSON path into the answer, e.g. "$.labels"
+    type: SqlType = "VARCHAR"
+    blocked_is_true: bool = False  # a row the provider blocked reads as true (moderate)
 
 
 def estimate_tokens(text: str) -> int:
     """A local token estimate (about 4 bytes of UTF-8 per token) for reservations and `estimate`."""
     return len(text.encode("utf-8", "replace")) // 4 + 1
-
-
-def sql_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class Task:

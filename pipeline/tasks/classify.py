@@ -63,5 +63,5 @@ class ClassifyTask(Task):
 
     def view_columns(self) -> list[ViewColumn]:
         if self.cfg.multi_label:
-            return [ViewColumn("labels", "CAST(json_extract(r.output, '$.labels') AS VARCHAR[])")]
-        return [ViewColumn("label", "json_extract_string(r.output, '$.label')")]
+            return [ViewColumn("labels", "$.labels", "VARCHAR[]")]
+        return [ViewColumn("label", "$.label")]

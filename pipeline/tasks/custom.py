@@ -7,9 +7,14 @@ from typing import Any
 
 from pipeline.core.records import Row
 from pipeline.spec import CustomSpec
-from pipeline.tasks.base import Task, ViewColumn, estimate_tokens, sql_str
+from pipeline.tasks.base import SqlType, Task, ViewColumn, estimate_tokens
 
-_SQL_TYPES = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN"}
+_SQL_TYPES: dict[str, SqlType] = {
+    "string": "VARCHAR",
+    "integer": "BIGINT",
+    "number": "DOUBLE",
+    "boolean": "BOOLEAN",
+}
 
 
 class MissingField(ValueError):
@@ -56,14 +61,7 @@ class CustomTask(Task):
     def view_columns(self) -> list[ViewColumn]:
         cols = []
         for name, prop in (self.schema.get("properties") or {}).items():
-            path = sql_str(f"$.{name}")
             kind = prop.get("type") if isinstance(prop, dict) else None
-            if kind == "string":
-                cols.append(ViewColumn(name, f"json_extract_string(r.output, {path})"))
-            elif isinstance(kind, str) and kind in _SQL_TYPES:
-                cols.append(
-                    ViewColumn(name, f"CAST(json_extract(r.output, {path}) AS {_SQL_TYPES[kind]})")
-                )
-            else:
-                cols.append(ViewColumn(name, f"json_extract(r.output, {path})"))
+            sql_type = _SQL_TYPES.get(kind, "JSON") if isinstance(kind, str) else "JSON"
+            cols.append(ViewColumn(name, f"$.{name}", sql_type))
         return cols

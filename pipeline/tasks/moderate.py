@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.spec import ModerateSpec
-from pipeline.tasks.base import Task, ViewColumn, sql_str
+from pipeline.tasks.base import Task, ViewColumn
 
 SEVERITY = "0 none, 1 mild, 2 clear, 3 severe"
 
@@ -60,21 +60,10 @@ class ModerateTask(Task):
 
     def view_columns(self) -> list[ViewColumn]:
         cols = [
-            ViewColumn(
-                "flagged",
-                "coalesce(CAST(json_extract(r.output, '$.flagged') AS BOOLEAN), r.status = 'blocked')",
-            ),
-            ViewColumn("block_reason", "json_extract_string(r.output, '$.block.reason')"),
+            ViewColumn("flagged", "$.flagged", "BOOLEAN", blocked_is_true=True),
+            ViewColumn("block_reason", "$.block.reason"),
         ]
         for c in self.cfg.categories:
-            path = sql_str(f"$.categories.{c}")
-            cols.append(
-                ViewColumn(c, f"CAST(json_extract(r.output, {path} || '.flagged') AS BOOLEAN)")
-            )
-            cols.append(
-                ViewColumn(
-                    f"{c}_severity",
-                    f"CAST(json_extract(r.output, {path} || '.severity') AS INTEGER)",
-                )
-            )
+            cols.append(ViewColumn(c, f"$.categories.{c}.flagged", "BOOLEAN"))
+            cols.append(ViewColumn(f"{c}_severity", f"$.categories.{c}.severity", "INTEGER"))
         return cols

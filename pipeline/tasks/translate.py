@@ -62,7 +62,7 @@ class TranslateTask(Task):
 
     def view_columns(self) -> list[ViewColumn]:
         return [
-            ViewColumn("translation", "json_extract_string(r.output, '$.translation')"),
-            ViewColumn("source_lang", "json_extract_string(r.output, '$.source_lang')"),
-            ViewColumn("target_lang", "json_extract_string(r.output, '$.target_lang')"),
+            ViewColumn("translation", "$.translation"),
+            ViewColumn("source_lang", "$.source_lang"),
+            ViewColumn("target_lang", "$.target_lang"),
         ]
