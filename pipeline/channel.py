@@ -68,6 +68,8 @@ async def _wait(waiters: deque[asyncio.Future[None]]) -> None:
 
 
 class ChannelSender(ObjectSendStream[T]):
+    """One sending end of a channel; the channel ends once every clone is closed."""
+
     __slots__ = ("_closed", "_shared")
 
     def __init__(self, shared: _Shared[T]):
@@ -117,6 +119,8 @@ class ChannelSender(ObjectSendStream[T]):
 
 
 class ChannelReceiver(ObjectReceiveStream[T]):
+    """One receiving end of a channel; senders fail once every clone is closed."""
+
     __slots__ = ("_closed", "_shared")
 
     def __init__(self, shared: _Shared[T]):

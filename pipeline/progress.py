@@ -117,6 +117,8 @@ def outage_text(outage: dict[str, Any]) -> str:
 
 
 class ProgressReporter:
+    """Owns the progress line on stderr: redrawn every `interval` seconds, and a final one."""
+
     def __init__(
         self, stream: IO[str] | None = None, *, quiet: bool = False, interval: float = 2.0
     ):

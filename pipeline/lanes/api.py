@@ -51,6 +51,8 @@ class RemoteBatch:
 
 
 class BatchApi(Protocol):
+    """A provider's batch endpoints, as the Batch lane uses them: find, submit, get, results."""
+
     requests: int  # HTTP requests sent so far
 
     def line(self, key: str, request: bytes) -> bytes:

@@ -9,6 +9,8 @@ from pipeline.tasks.base import Task, ViewColumn, estimate_tokens
 
 
 class ClassifyTask(Task):
+    """One label (or several, `multi_label`) from the job's list, with optional descriptions."""
+
     name = "classify"
 
     def __init__(self, cfg: ClassifySpec):

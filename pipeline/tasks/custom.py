@@ -27,6 +27,8 @@ class _Fields(dict[str, Any]):
 
 
 class CustomTask(Task):
+    """The job's own prompt template over row fields and its own JSON schema."""
+
     name = "custom"
 
     def __init__(self, cfg: CustomSpec, text_field: str):

@@ -11,6 +11,8 @@ SEVERITY = "0 none, 1 mild, 2 clear, 3 severe"
 
 
 class ModerateTask(Task):
+    """Flagged or not, per category with a severity; a provider safety block counts as flagged."""
+
     name = "moderate"
 
     def __init__(self, cfg: ModerateSpec):

@@ -11,6 +11,8 @@ from pipeline.tasks.base import Task, ViewColumn, estimate_tokens, missing_token
 
 
 class TranslateTask(Task):
+    """The text in the target language, with the detected source language."""
+
     name = "translate"
 
     def __init__(self, cfg: TranslateSpec):
