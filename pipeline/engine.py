@@ -41,6 +41,7 @@ from pipeline.core.records import (
     Row,
     RowState,
     StopDispatch,
+    StopReason,
     now_utc,
     runner_id,
 )
@@ -270,7 +271,7 @@ class JobRun:
         self.in_flight: anyio.CapacityLimiter | InFlightCounter = (
             anyio.CapacityLimiter(start) if self.auto else InFlightCounter(start)
         )
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.stop_message: str | None = None
         self.hard_stop = False
         self.in_progress: dict[str, str] = {}  # row id -> input position, until stored
@@ -323,7 +324,7 @@ class JobRun:
     def stopping(self) -> bool:
         return self.stop_reason is not None
 
-    def request_stop(self, reason: str, message: str) -> None:
+    def request_stop(self, reason: StopReason, message: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stop_message = message
@@ -560,8 +561,8 @@ class JobRun:
     async def watch_signals(self, workers: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
-                if self.stop_reason is None or self.stop_reason != "interrupted":
-                    self.stop_reason = "interrupted"
+                if self.stop_reason is not StopReason.INTERRUPTED:
+                    self.stop_reason = StopReason.INTERRUPTED
                     self.stop_message = "interrupted by a signal"
                     self.progress.update(self.stats, final=True)
                     # in-flight calls get a short grace period, then are cancelled
@@ -851,15 +852,18 @@ async def _run_stages(run: JobRun, handle_signals: bool) -> None:
             signal_scope.cancel()
 
 
+STOP_STATES = {  # the job's state in the store after a stop
+    StopReason.INTERRUPTED: "interrupted",
+    StopReason.BUDGET: "budget_exhausted",
+    StopReason.PROVIDER: "stopped",
+    StopReason.OUTAGE: "stopped",
+}
+
+
 async def _finish(run: JobRun, thread: StoreThread) -> None:
+    """Record how the run ended; raise the stop as the error the user reads (and exits by)."""
     reason = run.stop_reason
-    state = {
-        None: "done",
-        "interrupted": "interrupted",
-        "budget": "budget_exhausted",
-        "provider": "stopped",
-        "outage": "stopped",
-    }.get(reason, "stopped")
+    state = "done" if reason is None else STOP_STATES[reason]
     run.stats.state = state
     try:
         await thread.run(
@@ -871,15 +875,20 @@ async def _finish(run: JobRun, thread: StoreThread) -> None:
         )
     finally:
         run.progress.update(run.stats, final=True)
-    if reason == "interrupted":
-        raise Interrupted(f"job {run.spec.name!r} interrupted; run it again to resume")
-    if reason == "budget":
-        cap = run.spec.max_usd
-        raise BudgetExhausted(
-            f"job {run.spec.name!r} stopped at its budget (max_usd {cap}, spent "
-            f"${run.budget.spent.quantize(Decimal('0.000001'))}); resume with a higher budget.max_usd"
+    if reason is not None:
+        raise stop_error(reason, run)
+
+
+def stop_error(reason: StopReason, run: JobRun) -> FlashpipeError:
+    job, message = run.spec.name, run.stop_message
+    if reason is StopReason.INTERRUPTED:
+        return Interrupted(f"job {job!r} interrupted; run it again to resume")
+    if reason is StopReason.BUDGET:
+        spent = run.budget.spent.quantize(Decimal("0.000001"))
+        return BudgetExhausted(
+            f"job {job!r} stopped at its budget (max_usd {run.spec.max_usd}, spent ${spent});"
+            " resume with a higher budget.max_usd"
         )
-    if reason == "provider":
-        raise ProviderStop(f"job {run.spec.name!r} stopped by the provider: {run.stop_message}")
-    if reason == "outage":
-        raise ProviderUnreachable(f"job {run.spec.name!r} stopped: {run.stop_message}")
+    if reason is StopReason.PROVIDER:
+        return ProviderStop(f"job {job!r} stopped by the provider: {message}")
+    return ProviderUnreachable(f"job {job!r} stopped: {message}")

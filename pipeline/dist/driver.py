@@ -22,7 +22,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import KeyAuth
-from pipeline.core.records import Outcome
+from pipeline.core.records import Outcome, StopReason
 from pipeline.dist import require_ray
 from pipeline.dist.broker import QuotaBroker
 from pipeline.dist.rows import encode_packs
@@ -170,7 +170,7 @@ class RayRun:
                 return
             if self.replacements >= MAX_REPLACEMENTS:
                 if not any(s.alive for s in self.slots):
-                    self.run.request_stop("provider", "every Ray worker was lost")
+                    self.run.request_stop(StopReason.PROVIDER, "every Ray worker was lost")
                 return
             self.replacements += 1
             await anyio.to_thread.run_sync(self._spawn, slot)
@@ -246,7 +246,7 @@ class RayRun:
                 for result in outcome.results:
                     slot.outstanding.pop(result.row_id, None)
             if stop is not None:
-                self.run.request_stop(*stop)
+                self.run.request_stop(StopReason(stop[0]), stop[1])
             if self.run.stopping():
                 for s in self.slots:
                     if s.alive:
@@ -268,7 +268,7 @@ class RayRun:
         budget = self.run.budget
         budget.spent += outcome.call.cost_usd
         if budget.cap is not None and budget.spent >= budget.cap:
-            self.run.request_stop("budget", "budget.max_usd reached")
+            self.run.request_stop(StopReason.BUDGET, "budget.max_usd reached")
 
     def shutdown(self) -> None:
         for actor in [s.actor for s in self.slots if s.actor is not None] + self.brokers:
@@ -354,7 +354,7 @@ async def run_on_ray(
                     tg.start_soon(ray_run.drive, slot, work, out)
             if not ray_run.finished() and not run.stopping():
                 # no worker left to send the rest: stop resumable, the rows stay pending
-                run.request_stop("provider", "every Ray worker was lost; run the job again")
+                run.request_stop(StopReason.PROVIDER, "every Ray worker was lost; run the job again")
                 await _discard(work)
         if ray_run.unknown_bound and run.stop_message is None:
             run.stop_message = (
