@@ -64,7 +64,7 @@ from pipeline.pricing import resolve_prices
 from pipeline.progress import ProgressReporter, RunStats
 from pipeline.sources import Frame, count_rows_fast, keep_types, read_frames
 from pipeline.spec import JobSpec, parse_deadline
-from pipeline.store import Store, StoreThread, check_writable
+from pipeline.store import Store, StoredBatches, StoreThread, check_writable
 from pipeline.tasks import build_task
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.custom import CustomTask
@@ -303,10 +303,11 @@ class JobRun:
             return online, None
         control = JobControl(spec.name, self.run_no, self.stopping, self.request_stop, deadline)
         api = build_batch_api(spec, transport, auth)
-        batches = BatchRunner(
-            b, online.asking, api, provider, self.store, self.budget, control, online.take
+        batches = StoredBatches(self.store, spec.name)
+        runner = BatchRunner(
+            b, online.asking, api, provider, batches, self.budget, control, online.take
         )
-        return online, batches
+        return online, runner
 
     def summary(self, elapsed_s: float) -> RunSummary:
         stats, batches = self.stats, self.batches

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class FlashpipeError(Exception):
     """Base of every error flashpipe reports to a user as one line."""
@@ -62,3 +64,35 @@ class Interrupted(FlashpipeError):
     """SIGINT/SIGTERM stopped the job; it is resumable."""
 
     exit_code = 130
+
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "the file or its directory is gone",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EIO: "input/output error",
+}
+_CAUSE_TEXT = {
+    "no space left on device": _CAUSES[errno.ENOSPC],
+    "disk quota exceeded": _CAUSES[errno.EDQUOT],
+    "read-only file system": _CAUSES[errno.EROFS],
+    "no such file or directory": _CAUSES[errno.ENOENT],
+    "permission denied": _CAUSES[errno.EACCES],
+    "input/output error": _CAUSES[errno.EIO],
+}
+AFTER_FAULT = "nothing stored is lost; fix it and run the job again to resume"
+
+
+def fault_cause(exc: BaseException) -> str:
+    """One short cause for a failed store or journal operation."""
+    if isinstance(exc, OSError) and exc.errno in _CAUSES:
+        return _CAUSES[exc.errno]
+    text = str(exc)
+    low = text.lower()
+    for needle, cause in _CAUSE_TEXT.items():
+        if needle in low:
+            return cause
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

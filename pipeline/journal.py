@@ -23,8 +23,7 @@ import orjson
 
 from pipeline.core.records import CallRecord
 from pipeline.core.usage import Usage
-from pipeline.errors import StoreError
-from pipeline.store import fault_cause
+from pipeline.errors import StoreError, fault_cause
 
 
 def journal_files(db_path: str) -> list[Path]:

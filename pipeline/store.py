@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -26,7 +25,7 @@ import pyarrow as pa
 
 from pipeline.core.records import BatchClose, BatchRow, CallRecord, ResultRecord, now_utc, runner_id
 from pipeline.core.usage import Usage
-from pipeline.errors import FlashpipeError, JobBusy, SpecError, StoreError
+from pipeline.errors import AFTER_FAULT, FlashpipeError, JobBusy, SpecError, StoreError, fault_cause
 from pipeline.tasks.base import ViewColumn
 
 T = TypeVar("T")
@@ -213,38 +212,6 @@ def resolve_path(cli_path: str | None, spec_path: str | None = None) -> str:
 
 
 # What a user can act on, from an OSError's errno or the text DuckDB copies from strerror()
-_CAUSES = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.ENOENT: "the file or its directory is gone",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.EIO: "input/output error",
-}
-_CAUSE_TEXT = {
-    "no space left on device": _CAUSES[errno.ENOSPC],
-    "disk quota exceeded": _CAUSES[errno.EDQUOT],
-    "read-only file system": _CAUSES[errno.EROFS],
-    "no such file or directory": _CAUSES[errno.ENOENT],
-    "permission denied": _CAUSES[errno.EACCES],
-    "input/output error": _CAUSES[errno.EIO],
-}
-AFTER_FAULT = "nothing stored is lost; fix it and run the job again to resume"
-
-
-def fault_cause(exc: BaseException) -> str:
-    """One short cause for a failed store or journal operation."""
-    if isinstance(exc, OSError) and exc.errno in _CAUSES:
-        return _CAUSES[exc.errno]
-    text = str(exc)
-    low = text.lower()
-    for needle, cause in _CAUSE_TEXT.items():
-        if needle in low:
-            return cause
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
-
-
 def store_fault(path: str, action: str, exc: BaseException) -> StoreError:
     """`store 'x.duckdb': cannot write results: no space left on device; ...` as one line."""
     return StoreError(f"store {path!r}: cannot {action}: {fault_cause(exc)}; {AFTER_FAULT}")
@@ -1069,3 +1036,30 @@ class StoreThread:
         # a connection a disk fault invalidated has nothing left to save
         with contextlib.suppress(duckdb.Error):
             self.store.close()
+
+
+class StoredBatches:
+    """A job's provider batches in the store, as the Batch lane keeps them (its BatchBook)."""
+
+    def __init__(self, thread: StoreThread, job: str):
+        self.thread = thread
+        self.job = job
+
+    async def open_batches(self) -> list[dict[str, Any]]:
+        return await self.thread.run(self.thread.store.open_batches, self.job)
+
+    async def record(
+        self, batch_id: str, rows: list[BatchRow], requests: int, reserved: Decimal
+    ) -> None:
+        store = self.thread.store
+        await self.thread.run(store.record_batch, self.job, batch_id, rows, requests, reserved)
+
+    async def rows(self, batch_id: str) -> list[BatchRow]:
+        return await self.thread.run(self.thread.store.batch_rows, self.job, batch_id)
+
+    async def submitted(self, batch_id: str, provider_name: str) -> None:
+        store = self.thread.store
+        await self.thread.run(store.batch_submitted, self.job, batch_id, provider_name)
+
+    async def state(self, batch_id: str, state: str) -> None:
+        await self.thread.run(self.thread.store.batch_state, self.job, batch_id, state)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
@@ -57,7 +57,6 @@ from pipeline.lanes.online import Asking, Emit
 from pipeline.pricing import cost_usd
 from pipeline.providers.base import Provider
 from pipeline.spec import BatchSpec
-from pipeline.store import StoreThread
 
 T = TypeVar("T")
 log = logging.getLogger("flashpipe")
@@ -92,6 +91,22 @@ class LaneStats:
     stalled: int = 0
 
 
+class BatchBook(Protocol):
+    """Where the Batch lane keeps a job's batches between runs (the store, in practice)."""
+
+    async def open_batches(self) -> list[dict[str, Any]]: ...
+
+    async def record(
+        self, batch_id: str, rows: list[BatchRow], requests: int, reserved: Decimal
+    ) -> None: ...
+
+    async def rows(self, batch_id: str) -> list[BatchRow]: ...
+
+    async def submitted(self, batch_id: str, provider_name: str) -> None: ...
+
+    async def state(self, batch_id: str, state: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class JobControl:
     """A job as a lane sees it: its name and run, its deadline, and its stop switch."""
@@ -113,7 +128,7 @@ class BatchRunner:
         asking: Asking,
         api: BatchApi,
         provider: Provider,
-        store: StoreThread,
+        book: BatchBook,
         budget: Budget,
         control: JobControl,
         to_online: ToOnline | None = None,
@@ -127,7 +142,7 @@ class BatchRunner:
         self.requests = asking.requests
         self.judge = asking.judge
         self.to_online = to_online
-        self.store = store
+        self.book = book
         self.budget = budget
         self.out: ObjectSendStream[BatchOutcome | Outcome] | None = None
         self.stopping = control.stopping
@@ -154,7 +169,7 @@ class BatchRunner:
         self.out = out
         async with out, anyio.create_task_group() as tg:
             self._tg = tg
-            for info in await self.store.run(self.store.store.open_batches, self.job):
+            for info in await self.book.open_batches():
                 await self._resume(info)
             async with items:
                 await self._collect(items)
@@ -229,14 +244,7 @@ class BatchRunner:
         ]
         batch = LocalBatch(batch_id, groups, reserved)
         try:
-            await self.store.run(
-                self.store.store.record_batch,
-                self.job,
-                batch_id,
-                rows_to_store,
-                len(groups),
-                reserved,
-            )
+            await self.book.record(batch_id, rows_to_store, len(groups), reserved)
         except BaseException:
             self.budget.settle(reserved, Decimal(0))
             self.open_slots.release()
@@ -251,7 +259,7 @@ class BatchRunner:
     async def _resume(self, info: dict[str, object]) -> None:
         """A batch a previous run stored: rebuild its rows from the store and go on."""
         batch_id = str(info["batch_id"])
-        stored = await self.store.run(self.store.store.batch_rows, self.job, batch_id)
+        stored = await self.book.rows(batch_id)
         groups: dict[int, list[RowState]] = {}
         for r in stored:
             row = Row(r.row_id, r.pos, r.text, r.fields)
@@ -306,7 +314,7 @@ class BatchRunner:
                 return
         batch.provider_name = found
         self.stats.submitted += 1
-        await self.store.run(self.store.store.batch_submitted, self.job, batch.batch_id, found)
+        await self.book.submitted(batch.batch_id, found)
         log.info("batch %s submitted as %s", batch.batch_id, found)
 
     async def _create(
@@ -354,9 +362,7 @@ class BatchRunner:
             else:
                 if remote.state != last_state:
                     last_state = remote.state
-                    await self.store.run(
-                        self.store.store.batch_state, self.job, batch.batch_id, remote.state
-                    )
+                    await self.book.state(batch.batch_id, remote.state)
                 if remote.state in FINISHED:
                     return remote
             waited = time.monotonic() - started
