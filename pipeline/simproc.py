@@ -20,19 +20,31 @@ SIM_KEY = "sim-key"
 
 
 class SimProcess:
-    """`with SimProcess(["--profile", "hostile"]) as sim: sim.url ...`"""
+    """`with SimProcess(["--profile", "hostile"]) as sim: sim.url ...`
+
+    Owns the child process, its URL and, when given one, the path of the ledger the simulator
+    appends a JSON line to per request (`ledger`; None: the simulator keeps no ledger).
+    """
 
     def __init__(
-        self, args: Sequence[str] = (), *, key: str = SIM_KEY, startup_timeout: float = 20
+        self,
+        args: Sequence[str] = (),
+        *,
+        key: str = SIM_KEY,
+        ledger: Path | None = None,
+        startup_timeout: float = 20,
     ):
         self.args = list(args)
         self.key = key
+        self.ledger = ledger
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self) -> SimProcess:
         cmd = [sys.executable, "-m", "pipeline.sim", "--port", "0", "--key", self.key, *self.args]
+        if self.ledger is not None:
+            cmd += ["--ledger", str(self.ledger)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
         assert self.proc.stdout is not None

@@ -16,7 +16,7 @@ import pipeline
 from pipeline import Cost, Estimate, Job, Status, classify, extract, moderate, translate
 from pipeline.errors import SpecError, UsageError
 from pipeline.simproc import SimProcess
-from tests.conftest import ROOT, make_spec, read_ledger, ticket_rows, write_jsonl
+from tests.support import ROOT, make_spec, read_ledger, ticket_rows, write_jsonl
 
 LABELS = ["billing", "bug", "account", "feature_request", "other"]
 
@@ -64,7 +64,7 @@ def test_calling_the_same_helper_twice_sends_nothing_the_second_time(
     again = classify(rows, labels=LABELS, name="tickets", db=db, provider=provider, progress=False)
     sim.stop()
 
-    assert len(read_ledger(sim.ledger)) == 25  # type: ignore[attr-defined]
+    assert len(read_ledger(sim.ledger)) == 25
     assert first.status().by_status == {"ok": 25}
     status = again.status()
     assert isinstance(status, Status)

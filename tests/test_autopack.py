@@ -13,7 +13,7 @@ from pipeline.pricing import cost_usd, resolve_prices
 from pipeline.sampling import read_sample
 from pipeline.simproc import SimProcess
 from pipeline.tasks import build_task
-from tests.conftest import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
+from tests.support import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
 
 
 def test_pick_takes_the_smallest_packing_within_2_percent_of_the_cheapest() -> None:
@@ -40,7 +40,7 @@ def test_auto_packing_is_chosen_from_the_input_and_costs_what_the_ledger_says(
     assert summary.rows == {"ok": 200}
     sizes = {n for (n,) in sql(db, "SELECT len(row_ids) FROM calls")}
     assert max(sizes) == choice.rows
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["requests"] == -(-200 // choice.rows)
     tokens = Usage(ledger["input"], ledger["cached"], ledger["output"], ledger["thinking"])
     calls, results = sql(

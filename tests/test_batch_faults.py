@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.core.usage import Usage
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
 from pipeline.simproc import SimProcess
-from tests.conftest import (
+from tests.support import (
     ledger_usage,
     make_spec,
     run_cli,
@@ -36,7 +36,7 @@ def test_a_batch_reported_succeeded_with_every_line_failed_sends_its_rows_again(
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(100, 100)]
     batches = sql(db, "SELECT state, ok_rows, retry_rows FROM batches ORDER BY created_at")
     assert batches == [("succeeded", 0, 100), ("succeeded", 100, 0)]
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["billed"] == 100  # the lying batch billed nothing
     tokens = Usage(ledger["input"], ledger["cached"], ledger["output"], ledger["thinking"])
     calls, results = sql(
@@ -67,7 +67,7 @@ def test_a_stalled_batch_moves_its_rows_to_flex_and_a_late_answer_is_paid_twice(
     assert lanes == {"flex": 100}  # every row's answer came from Flex
     assert sql(db, "SELECT count(*) FROM calls WHERE outcome = 'paid_twice'") == [(100,)]
     assert sql(db, "SELECT state FROM batches") == [("succeeded",)]
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["billed"] == 200  # the late batch billed every row a second time
     calls, results, twice = sql(
         db,
@@ -93,7 +93,7 @@ def test_a_batch_that_never_leaves_pending_has_its_rows_answered_on_flex(
     assert summary.rows == {"ok": 60} and summary.state == "done"
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(60, 60)]
     assert sql(db, "SELECT state, closed FROM batches") == [("stalled", True)]
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["billed"] == 60
     prices = lane_prices(resolve_prices(spec), "flex")
     tokens = Usage(ledger["input"], ledger["cached"], ledger["output"], ledger["thinking"])

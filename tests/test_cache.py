@@ -13,7 +13,10 @@ import pytest
 from pipeline.errors import SpecError
 from pipeline.simproc import SimProcess
 from pipeline.store import SCHEMA, Store
-from tests.conftest import (
+from tests.support import (
+    env,
+    job_file,
+    ledger_of,
     ledger_usage,
     make_spec,
     run_cli,
@@ -22,13 +25,12 @@ from tests.conftest import (
     ticket_rows,
     write_jsonl,
 )
-from tests.test_cli import env, job_file
 
 LABELS = ["billing", "bug", "account", "feature_request", "other"]
 
 
 def requests(sim: SimProcess) -> int:
-    path: Path = sim.ledger  # type: ignore[attr-defined]
+    path = ledger_of(sim)
     return ledger_usage(path)["requests"] if path.exists() else 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from pipeline.simproc import SimProcess
-from tests.conftest import (
+from tests.support import (
     ledger_usage,
     make_spec,
     run_cli,
@@ -45,7 +45,7 @@ def test_retry_changed_after_editing_10_rows_resends_exactly_those_10(
     summary = run_sync(make_spec(second, src), db)
     second.stop()
     assert summary.rows == {"ok": 10}
-    assert ledger_usage(second.ledger)["requests"] == 10  # type: ignore[attr-defined]
+    assert ledger_usage(second.ledger)["requests"] == 10
     sent = [
         rid
         for (ids,) in sql(db, "SELECT row_ids FROM calls WHERE call_id LIKE '2-%'")

@@ -17,7 +17,7 @@ from pipeline.errors import SpecError
 from pipeline.pricing import cost_usd, resolve_prices
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.simproc import SimProcess
-from tests.conftest import (
+from tests.support import (
     ROOT,
     ledger_usage,
     make_spec,
@@ -148,7 +148,7 @@ def test_the_simulator_accepts_both_spellings_of_flex(
     )
     assert resp.status_code == 200
     sim.stop()
-    assert [e["lane"] for e in read_ledger(sim.ledger)] == ["flex"]  # type: ignore[attr-defined]
+    assert [e["lane"] for e in read_ledger(sim.ledger)] == ["flex"]
 
 
 def vertex_spec(sim: SimProcess, src: Path, tmp_path: Path, **limits: int) -> object:
@@ -176,7 +176,7 @@ def test_a_vertex_job_refreshes_its_token_and_labels_every_request(
     sim.stop()
 
     assert summary.rows == {"ok": 150}
-    ledger = read_ledger(sim.ledger)  # type: ignore[attr-defined]
+    ledger = read_ledger(sim.ledger)
     assert len(ledger) == 150
     assert all(e["channel"] == "vertex" for e in ledger)
     assert all(
@@ -184,7 +184,7 @@ def test_a_vertex_job_refreshes_its_token_and_labels_every_request(
         for e in ledger
     )
     assert len({e["token"] for e in ledger}) >= 2, "the token was refreshed during the run"
-    usage = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    usage = ledger_usage(sim.ledger)
     billed = Usage(usage["input"], usage["cached"], usage["output"], usage["thinking"])
     stored = Decimal(sql(db, "SELECT sum(cost_usd) FROM calls")[0][0])
     assert stored == cost_usd(billed, resolve_prices(spec))  # type: ignore[arg-type]
@@ -247,7 +247,7 @@ def test_the_sdks_vertex_client_works_against_the_simulator(
     )
     assert orjson.loads(resp.text or "{}")["label"] in ("bug", "x")
     sim.stop()
-    (entry,) = read_ledger(sim.ledger)  # type: ignore[attr-defined]
+    (entry,) = read_ledger(sim.ledger)
     assert entry["path"].startswith("/v1beta1/projects/acme-1/locations/us-central1/publishers/")
     assert entry["labels"] == {"job": "tickets"}
 
@@ -266,7 +266,7 @@ def test_a_row_over_the_models_context_is_invalid_and_never_sent(
     assert summary.rows == {"ok": 2, "invalid": 1}
     ((status, error),) = sql(db, "SELECT status, error FROM results WHERE row_id = 'T-00001'")
     assert status == "invalid" and "128,000-token context" in error and "gpt-5.3" in error
-    assert ledger_usage(sim.ledger)["requests"] == 2  # type: ignore[attr-defined]
+    assert ledger_usage(sim.ledger)["requests"] == 2
 
 
 def test_run_sim_prices_a_gateway_job_as_the_gateway(tmp_path: Path) -> None:
@@ -339,7 +339,7 @@ def test_a_gateway_job_costs_what_the_ledger_says_at_the_gateways_price(
     db = tmp_path / "s.duckdb"
     assert run_sync(spec, db).rows == {"ok": 100}
     sim.stop()
-    usage = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    usage = ledger_usage(sim.ledger)
     billed = (
         Decimal(usage["input"]) * Decimal("0.20")
         + Decimal(usage["cached"]) * Decimal("0.02")

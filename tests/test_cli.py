@@ -3,94 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.simproc import SimProcess
-from tests.conftest import (
+from tests.support import (
+    KEY_ENV,
     ROOT,
+    env,
+    job_file,
     ledger_usage,
     run_cli,
     sql,
+    start_run,
     store_usage,
     ticket_rows,
+    wait_for_rows,
     write_jsonl,
 )
-
-KEY_ENV = "FP_TEST_KEY"
-
-
-def job_file(
-    tmp: Path,
-    sim: SimProcess | None,
-    src: Path,
-    *,
-    name: str = "cli",
-    labels: str = '["billing", "bug", "account", "feature_request", "other"]',
-    extra: str = "",
-) -> Path:
-    base = sim.base_url("gemini") if sim else "http://127.0.0.1:9"
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        f"""
-name = "{name}"
-task = "classify"
-model = "gemini-3.1-flash-lite-preview"
-[input]
-path = "{src}"
-id = "id"
-keep = ["lang"]
-[provider]
-base_url = "{base}"
-api_key_env = "{KEY_ENV}"
-[limits]
-rpm = 0
-concurrency = 32
-[classify]
-labels = {labels}
-{extra}
-"""
-    )
-    return path
-
-
-def env(key: str = "sim-key") -> dict[str, str]:
-    return {KEY_ENV: key}
-
-
-def start_run(job: Path, db: Path, *extra: str, key: str = "sim-key") -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(job), "--db", str(db), *extra],
-        cwd=ROOT,
-        env=dict(os.environ, **env(key)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_rows(db: Path, at_least: int, timeout: float = 30) -> dict[str, Any]:
-    """Poll the runner's status snapshot until it has stored `at_least` rows."""
-    snap_path = Path(str(db) + ".status.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            snap: dict[str, Any] = json.loads(snap_path.read_text())
-            if snap["rows_done"] >= at_least:
-                return snap
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the run never got going")
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -341,7 +278,7 @@ def test_chaos_three_kill_9s_then_one_result_per_row(
 ) -> None:
     import random
 
-    from tests.conftest import read_ledger
+    from tests.support import read_ledger
 
     sim = sim_factory(
         "--profile", "hostile", "--seed", "11", "--hang-seconds", "3", "--fault", "429=0.01"
@@ -372,7 +309,7 @@ def test_chaos_three_kill_9s_then_one_result_per_row(
     # the ledger is the provider's bill: a row answered successfully twice was in flight (or
     # not yet flushed, at most ~0.25 s of answers) when a kill hit
     answered: dict[str, int] = {}
-    for e in read_ledger(sim.ledger):  # type: ignore[attr-defined]
+    for e in read_ledger(sim.ledger):
         final = e["fault"] not in ("truncated", "max_tokens")  # an answer that ends the row
         if e["billed"] and e["status"] == 200 and final:
             answered[e["text_hash"]] = answered.get(e["text_hash"], 0) + 1
@@ -384,7 +321,7 @@ def test_chaos_three_kill_9s_then_one_result_per_row(
     status = json.loads(run_cli("status", "cli", "--json", "--db", str(db)).stdout)["jobs"][0]
     timeouts = sql(db, "SELECT count(*) FROM calls WHERE outcome = 'timeout'")[0][0]
     assert twice - 3 * 32 - timeouts <= status["rows_paid_twice"] <= twice
-    billed = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    billed = ledger_usage(sim.ledger)
     stored = store_usage(db, "cli")
     assert billed["billed"] - 3 * 32 <= stored["calls"] <= billed["requests"]
     assert billed["input"] * 0.97 <= stored["input"] <= billed["input"]

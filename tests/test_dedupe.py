@@ -13,7 +13,7 @@ from pipeline.core.usage import Usage
 from pipeline.dedupe import Dedupe, split_cost
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
 from pipeline.simproc import SimProcess
-from tests.conftest import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
+from tests.support import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
 
 FAST_BATCH = {"poll_seconds": 0.1, "max_poll_seconds": 0.5, "collect_seconds": 0.2}
 
@@ -91,7 +91,7 @@ def test_a_quarter_of_10000_rows_repeating_sends_only_the_distinct_texts(
 
     assert summary.rows == {"ok": 10_000}
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(10_000, 10_000)]
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["requests"] == distinct < 10_000 * 0.8
     assert copies_match_their_answer(db, "t") == 10_000 - distinct
     calls, results = billed(db, "t")
@@ -111,7 +111,7 @@ def test_dedupe_false_sends_every_row(
     run_sync(spec, db)
     sim.stop()
 
-    assert ledger_usage(sim.ledger)["requests"] == 300 > distinct  # type: ignore[attr-defined]
+    assert ledger_usage(sim.ledger)["requests"] == 300 > distinct
     assert sql(db, "SELECT count(*) FROM results WHERE answered_by IS NOT NULL") == [(0,)]
     calls, results = billed(db, "t")
     assert calls == results
@@ -133,7 +133,7 @@ def test_dedupe_before_packing_sends_each_text_once(
     assert rows_sent == distinct
     assert copies_match_their_answer(db, "t") == 400 - distinct
     calls, results = billed(db, "t")
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     tokens = Usage(ledger["input"], ledger["cached"], ledger["output"], ledger["thinking"])
     assert calls == results == cost_usd(tokens, resolve_prices(spec))
 
@@ -148,7 +148,7 @@ def test_dedupe_in_the_batch_lane(sim_factory: Callable[..., SimProcess], tmp_pa
     sim.stop()
 
     assert summary.rows == {"ok": 300}
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["billed"] == distinct
     assert copies_match_their_answer(db, "t") == 300 - distinct
     calls, results = billed(db, "t")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.simproc import SimProcess
-from tests.conftest import ROOT, read_ledger, run_cli, sql, ticket_rows, write_jsonl
+from tests.support import ROOT, read_ledger, run_cli, sql, ticket_rows, write_jsonl
 
 KEY_ENV = "FP_TEST_KEY"
 
@@ -109,7 +109,7 @@ def test_a_missing_store_directory_exits_5_naming_it(sim: SimProcess, tmp_path: 
     line = one_error_line(r)
     assert str(db.parent) in line and "does not exist" in line
     time.sleep(1.0)  # the simulator flushes its ledger every 0.5 s
-    assert read_ledger(sim.ledger) == []  # type: ignore[attr-defined]  # nothing was sent
+    assert read_ledger(sim.ledger) == []  # nothing was sent
 
 
 @pytest.mark.slow
@@ -179,9 +179,9 @@ def test_a_read_only_store_exits_5_before_sending_then_resumes(
     path = job(tmp_path, sim, 100)
     assert run(path, db).returncode == 0
     write_jsonl(tmp_path / "in.jsonl", ticket_rows(200))  # 100 more rows arrived
-    assert sim.ledger is not None  # type: ignore[attr-defined]
+    assert sim.ledger is not None
     time.sleep(1.0)  # the simulator flushes its ledger every 0.5 s
-    sent = len(read_ledger(sim.ledger))  # type: ignore[attr-defined]
+    sent = len(read_ledger(sim.ledger))
     assert sent == 100
     assert mount(fs, "-o", "remount,ro").returncode == 0
     try:
@@ -192,7 +192,7 @@ def test_a_read_only_store_exits_5_before_sending_then_resumes(
     line = one_error_line(r)
     assert str(fs) in line and "read-only file system" in line
     time.sleep(1.0)
-    assert len(read_ledger(sim.ledger)) == sent  # type: ignore[attr-defined]  # nothing sent
+    assert len(read_ledger(sim.ledger)) == sent  # nothing sent
     again = run(path, db)
     assert again.returncode == 0, again.stderr
     one_result_per_row(db, 200)

@@ -14,13 +14,13 @@ from pipeline.errors import SpecError
 from pipeline.escalate import escalation_spec
 from pipeline.pricing import cost_usd, resolve_prices
 from pipeline.simproc import SimProcess
-from tests.conftest import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
+from tests.support import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
 
 STRONG = "gemini-3-flash-preview"
 LITE = "gemini-3.1-flash-lite-preview"
 
 
-def ledger_usd_by_model(ledger: Path, prices: dict[str, object]) -> dict[str, Decimal]:
+def ledger_usd_by_model(ledger: Path | None, prices: dict[str, object]) -> dict[str, Decimal]:
     usage: dict[str, Usage] = {}
     for e in read_ledger(ledger):
         if e["billed"]:
@@ -59,7 +59,7 @@ def test_rows_the_first_model_answers_invalidly_go_to_the_second_and_cost_per_mo
     }
     assert sent_up == weak  # exactly those rows went to the second model
     prices = {LITE: resolve_prices(spec), STRONG: resolve_prices(escalation_spec(spec))}
-    expected = ledger_usd_by_model(sim.ledger, prices)  # type: ignore[attr-defined]
+    expected = ledger_usd_by_model(sim.ledger, prices)
     stored = {
         m: Decimal(u) for m, u in sql(db, "SELECT model, sum(cost_usd) FROM calls GROUP BY 1")
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.simproc import SimProcess
-from tests.conftest import run_cli, sql, ticket_rows, write_jsonl
+from tests.support import run_cli, sql, ticket_rows, write_jsonl
 
 KEY_ENV = "FP_TEST_KEY"
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.feedback import with_feedback
 from pipeline.simproc import SimProcess
-from tests.conftest import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
+from tests.support import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
 
 STUBBORN = " [[sim:stubborn_enum]]"  # the simulator answers with a bad label until told why
 
@@ -33,7 +33,7 @@ def test_an_invalid_answer_is_fixed_by_feedback_where_a_plain_resend_repeats_it(
     db = tmp_path / "s.duckdb"
     summary = run_sync(spec, db)
     sim.stop()
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     attempts = dict(sql(db, "SELECT row_id, attempts FROM results"))
     if feedback:
         assert summary.rows == {"ok": 60}
@@ -58,6 +58,6 @@ def test_feedback_spends_fewer_tokens_in_total_than_plain_resends(
         spec = make_spec(sim, src, overrides=[f"limits.retry_feedback={str(feedback).lower()}"])
         run_sync(spec, tmp_path / f"s-{feedback}.duckdb")
         sim.stop()
-        ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+        ledger = ledger_usage(sim.ledger)
         spent[feedback] = sum(ledger[k] for k in ("input", "cached", "output", "thinking"))
     assert spent[True] < spent[False]

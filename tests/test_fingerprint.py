@@ -12,7 +12,7 @@ import pytest
 from pipeline.errors import SpecError
 from pipeline.simproc import SimProcess
 from pipeline.spec import JobSpec, load_spec
-from tests.conftest import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
+from tests.support import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
 
 
 def no_id_rows(n: int) -> list[dict[str, str]]:
@@ -54,7 +54,7 @@ def test_resume_over_a_changed_input_without_ids_is_refused_and_sends_nothing(
     sim.stop()  # the ledger is complete once the simulator stops
     # the refused runs sent nothing; the restart sent only the new row (the 40 others come
     # from the answer cache)
-    assert len(read_ledger(sim.ledger)) == 40 + 1  # type: ignore[attr-defined]
+    assert len(read_ledger(sim.ledger)) == 40 + 1
 
 
 def test_resume_over_the_same_input_without_ids_goes_on(sim: SimProcess, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pipeline.errors import SpecError
 from pipeline.simproc import SimProcess
 from pipeline.sources import iter_lines, read_batches
 from pipeline.spec import InputSpec
-from tests.conftest import make_spec, run_sync, sql, ticket_rows
+from tests.support import make_spec, run_sync, sql, ticket_rows
 
 N = 60
 WORDS = [

@@ -17,18 +17,21 @@ from google.genai import types
 
 from pipeline.pricing import MILLION, PRICE_TABLE, lane_prices
 from pipeline.simproc import SimProcess
-from tests.conftest import (
+from tests.support import (
+    env,
+    job_file,
+    ledger_of,
     ledger_usage,
     make_spec,
     read_ledger,
     run_cli,
     run_sync,
     sql,
+    start_run,
     store_usage,
     ticket_rows,
     write_jsonl,
 )
-from tests.test_cli import env, job_file, start_run
 
 STANDARD = PRICE_TABLE[("gemini-3.1-flash-lite-preview", "gemini")]
 FAST_BATCH = {"poll_seconds": 0.1, "max_poll_seconds": 0.5, "collect_seconds": 0.2}
@@ -43,7 +46,7 @@ def usd_of(tokens: dict[str, int], lane: str) -> Decimal:
     ) / MILLION
 
 
-def http_requests(ledger: Path) -> int:
+def http_requests(ledger: Path | None) -> int:
     return sum(1 for e in read_ledger(ledger) if e.get("http", True))
 
 
@@ -81,7 +84,7 @@ def test_batch_lane_20k_rows_at_half_price_in_few_requests(
     assert sql(db, "SELECT DISTINCT status FROM results") == [("ok",)]
 
     sim.stop()  # the ledger is complete once the simulator has stopped
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["billed"] == 20_000  # one billed answer per row, nothing paid twice
     report = json.loads(run_cli("cost", "--json", "--db", str(db)).stdout)["jobs"][0]
     assert {k: report["tokens"][k] for k in ("input", "cached", "output", "thinking")} == {
@@ -92,7 +95,7 @@ def test_batch_lane_20k_rows_at_half_price_in_few_requests(
     assert exact * 2 == usd_of(ledger, "standard")  # half the standard price, same tokens
     assert set(report["lanes"]) == {"batch"} and report["lanes"]["batch"]["rows"] == 20_000
     # two batches of 10,000 rows, each uploaded as a file: a handful of HTTP requests
-    requests = http_requests(sim.ledger)  # type: ignore[attr-defined]
+    requests = http_requests(sim.ledger)
     assert requests < 10 * 20, requests
     assert sql(db, "SELECT count(*), bool_and(closed) FROM batches") == [(2, True)]
     assert sql(db, "SELECT count(*) FROM batch_rows") == [(0,)]
@@ -110,11 +113,11 @@ def test_flex_lane_survives_20_percent_shedding_and_bills_no_refusal(
     assert sql(db, "SELECT status, count(*) FROM results GROUP BY 1") == [("ok", 300)]
 
     sim.stop()
-    entries = read_ledger(sim.ledger)  # type: ignore[attr-defined]
+    entries = read_ledger(sim.ledger)
     shed = [e for e in entries if e["fault"] == "flex_shed"]
     assert len(shed) > 20 and not any(e["billed"] for e in shed)
     assert {e["lane"] for e in entries} == {"flex"}  # every request asked for the Flex tier
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     report = json.loads(run_cli("cost", "--json", "--db", str(db)).stdout)["jobs"][0]
     flex = report["lanes"]["flex"]
     assert flex["shed"] == {"calls": len(shed), "usd": "0.000000"}
@@ -142,7 +145,7 @@ def test_auto_lane_moves_rows_flex_keeps_refusing_to_batch(
     lanes = dict(sql(db, "SELECT lane, count(*) FROM calls WHERE outcome = 'ok' GROUP BY 1"))
     assert lanes["flex"] > 0 and lanes["batch"] > 0 and lanes["flex"] + lanes["batch"] == 200
     sim.stop()
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert store_usage(db, "t")["input"] == ledger["input"]
 
     # with the deadline closer than a batch takes, the rows go to Standard instead
@@ -179,7 +182,7 @@ def test_openai_batch_lane_files_and_custom_ids(
     run_sync(spec, db)
     assert sql(db, "SELECT count(*) FROM results WHERE status = 'ok'") == [(500,)]
     sim.stop()
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert ledger["billed"] == 500
     assert store_usage(db, "t")["output"] == ledger["output"]
     assert sql(db, "SELECT count(*) FROM batches WHERE provider_name LIKE 'batch_%'") == [(3,)]
@@ -221,11 +224,7 @@ def test_an_expired_batch_and_invalid_answers_are_the_only_rows_sent_again(
         second[0] + ":%",
     )
     assert invalid == [(12,)]
-    billed = Counter(
-        e["text_hash"]
-        for e in read_ledger(sim.ledger)
-        if e["billed"]  # type: ignore[attr-defined]
-    )
+    billed = Counter(e["text_hash"] for e in read_ledger(sim.ledger) if e["billed"])
     assert sum(billed.values()) == 1000 + 12  # the expired batch was never billed
     assert sorted(Counter(billed.values()).items()) == [(1, 988), (2, 12)]
 
@@ -251,7 +250,7 @@ def test_sigkill_never_submits_a_batch_twice(
 ) -> None:
     delay = "4" if moment == "before_the_answer" else "0"
     sim = sim_factory("--batch-seconds", "2", "--batch-create-delay", delay)
-    ledger: Path = sim.ledger  # type: ignore[attr-defined]
+    ledger = ledger_of(sim)
     src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(600))
     job = with_lane(batch_job(tmp_path, sim, src, "rows_per_batch = 300"), "batch")
     db = tmp_path / "s.duckdb"
@@ -406,7 +405,7 @@ def test_the_recorded_gemini_batch_lifecycle_parses() -> None:
     from pipeline.core.reply import ReplyKind
     from pipeline.lanes.api import PENDING, RUNNING, SUCCEEDED
     from pipeline.lanes.gemini_batch import GeminiBatchApi, _reply
-    from tests.conftest import REFERENCE
+    from tests.support import REFERENCE
 
     rec = json.loads(
         (REFERENCE / "gemini-recorded/batch.lifecycle.inline.gemini-2.5-flash.json").read_text()
@@ -438,7 +437,7 @@ def test_the_recorded_gemini_batch_lifecycle_parses() -> None:
 def test_the_simulators_batch_bodies_have_the_recorded_shape(sim: SimProcess) -> None:
     import urllib.request
 
-    from tests.conftest import REFERENCE
+    from tests.support import REFERENCE
 
     rec = json.loads((REFERENCE / "gemini-recorded/batch.create.200.file-input.json").read_text())
     request = {

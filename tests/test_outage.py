@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.core.breaker import Breaker, BreakerConfig, BreakerState, Signal
 from pipeline.simproc import SimProcess
-from tests.conftest import ROOT, run_cli, sql, ticket_rows, write_jsonl
 from tests.outage import OutageProxy, free_port
+from tests.support import ROOT, run_cli, sql, ticket_rows, write_jsonl
 
 KEY_ENV = "FP_TEST_KEY"
 

@@ -17,7 +17,7 @@ from pipeline.errors import ProviderStop, SpecError, UsageError
 from pipeline.pools import PoolSpec, PoolState, QuotaPolicy, Report, group_pools
 from pipeline.simproc import SimProcess
 from pipeline.store import Store
-from tests.conftest import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
+from tests.support import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
 
 
 class Clock:
@@ -206,7 +206,7 @@ def test_two_pools_share_the_work_by_their_quotas_and_calls_record_the_pool(
     by_pool = dict(sql(db, "SELECT pool, count(*) FROM calls GROUP BY pool"))
     assert set(by_pool) == {"acme-a", "acme-b"} and by_pool["acme-b"] > by_pool["acme-a"]
     sim.stop()
-    assert not any(e["status"] == 429 for e in read_ledger(sim.ledger))  # type: ignore[attr-defined]
+    assert not any(e["status"] == 429 for e in read_ledger(sim.ledger))
     assert b"key-a" not in db.read_bytes() and b"key-b" not in db.read_bytes()
     # cost and status show spend and rate per pool
     cost = orjson.loads(run_cli("cost", "--json", "--db", str(db)).stdout)["jobs"][0]

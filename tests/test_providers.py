@@ -12,8 +12,7 @@ from pipeline.providers.base import parse_duration
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.providers.openai import OpenAIProvider
 from pipeline.transport import HttpResponse
-
-from .conftest import REFERENCE
+from tests.support import REFERENCE
 
 GEMINI = REFERENCE / "gemini-recorded"
 OPENAI = REFERENCE / "openai-recorded"

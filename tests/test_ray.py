@@ -21,8 +21,9 @@ from ray.cluster_utils import Cluster
 
 from pipeline.errors import SpecError
 from pipeline.simproc import SimProcess
-from tests.conftest import (
+from tests.support import (
     ROOT,
+    ledger_of,
     make_spec,
     read_ledger,
     run_cli,
@@ -91,7 +92,7 @@ def test_every_row_is_stored_exactly_once_with_four_workers(
     again = run_sync(ray_spec(sim, src), db)  # a second run finds nothing to do
     assert again.rows == {} and again.requests == 0
     sim.stop()  # the ledger is complete once the simulator has stopped
-    billed = sum(1 for e in read_ledger(sim.ledger) if e["billed"])  # type: ignore[attr-defined]
+    billed = sum(1 for e in read_ledger(sim.ledger) if e["billed"])
     # every billed call is stored, once, with its pool; costs add up
     assert sql(db, "SELECT count(*), count(DISTINCT call_id) FROM calls") == [(billed, billed)]
     assert sql(db, "SELECT DISTINCT pool FROM calls") == [("default",)]
@@ -127,7 +128,7 @@ def test_two_pools_each_hold_their_quota_across_four_workers(
     summary = run_sync(ray_spec(sim, src, provider={"pool": TWO_POOLS}), db)
     assert summary.rows == {"ok": 150}
     sim.stop()
-    ledger = read_ledger(sim.ledger)  # type: ignore[attr-defined]
+    ledger = read_ledger(sim.ledger)
     assert [e for e in ledger if e["status"] == 429] == []  # no quota 429 from either project
     for project, rpm in (("proj-a", 120), ("proj-b", 240)):
         times = [e["t"] for e in ledger if e["project"] == project]
@@ -192,7 +193,7 @@ def test_a_killed_broker_is_recreated_without_a_burst(
     done: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: done.update(summary=run_sync(spec, db)))
     runner.start()
-    ledger_path: Path = sim.ledger  # type: ignore[attr-defined]
+    ledger_path = ledger_of(sim)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if ledger_path.exists() and len(ledger_path.read_bytes().splitlines()) >= 60:
@@ -244,7 +245,7 @@ labels = ["billing", "bug", "account", "feature_request", "other"]
     args = [sys.executable, "-m", "pipeline", "run", str(job), "--db", str(db), "--quiet"]
     args += ["--ray", address, "--workers", "2"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ledger_path: Path = sim.ledger  # type: ignore[attr-defined]
+    ledger_path = ledger_of(sim)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if ledger_path.exists() and len(ledger_path.read_bytes().splitlines()) >= 150:
@@ -267,7 +268,7 @@ def test_a_worker_node_killed_mid_run_loses_no_row(
     src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(1200))
     db = tmp_path / "s.duckdb"
     spec = ray_spec(sim, src)
-    ledger_path: Path = sim.ledger  # type: ignore[attr-defined]
+    ledger_path = ledger_of(sim)
     done: dict[str, Any] = {}
 
     def go() -> None:

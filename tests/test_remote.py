@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.errors import SpecError
 from pipeline.simproc import SimProcess
-from tests.conftest import make_spec, run_cli, run_sync, sql, ticket_rows
+from tests.support import make_spec, run_cli, run_sync, sql, ticket_rows
 
 
 def _free_port() -> int:

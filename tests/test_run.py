@@ -15,7 +15,7 @@ from pipeline.core.usage import Usage
 from pipeline.errors import BudgetExhausted, ProviderStop
 from pipeline.pricing import cost_usd, resolve_prices
 from pipeline.simproc import SimProcess
-from tests.conftest import (
+from tests.support import (
     ledger_usage,
     make_spec,
     run_sync,
@@ -59,7 +59,7 @@ def test_classify_every_row_once_and_cost_equals_the_ledger(
     labels = dict(sql(db, "SELECT row_id, label FROM results_t"))
     assert labels["T-00000"] == "billing" and labels["T-00001"] == "bug"
     assert labels["T-00003"] == "feature_request"
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     stored = store_usage(db, "t")
     assert stored["calls"] == ledger["requests"] == 300
     for kind in ("input", "cached", "output", "thinking"):
@@ -110,7 +110,7 @@ def test_hostile_parquet_run_ends_every_row_and_counts_every_billed_token(
     outcomes = dict(sql(db, "SELECT outcome, count(*) FROM calls GROUP BY ALL"))
     assert outcomes.get("rate_limited", 0) > 0 and outcomes.get("retried", 0) > 0
     assert outcomes.get("timeout", 0) > 0
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     stored = store_usage(db, "t")
     for kind in ("input", "cached", "output", "thinking"):
         assert stored[kind] == ledger[kind], kind
@@ -273,7 +273,7 @@ def test_packing_sends_few_requests_and_resends_only_the_missing_item(
     resent = sql(db, "SELECT len(row_ids) FROM calls WHERE list_contains(row_ids, 'T-00007')")
     assert sorted(r[0] for r in resent) == [1, 20]
     costs_balance(db, "t")
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert store_usage(db, "t")["input"] == ledger["input"]
 
 
@@ -369,7 +369,7 @@ def test_every_task_on_both_apis(
     if name == "custom":
         assert all(1 <= json.loads(c)["priority"] <= 3 for c, _ in groups)  # a JSON column
     costs_balance(db, "t")
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     stored = store_usage(db, "t")
     assert [stored[k] for k in ("input", "output", "thinking")] == [
         ledger[k] for k in ("input", "output", "thinking")
@@ -379,7 +379,7 @@ def test_every_task_on_both_apis(
 def test_ten_thousand_parquet_rows_and_cost_json_equals_the_simulator(
     sim_factory: Callable[..., SimProcess], tmp_path: Path
 ) -> None:
-    from tests.conftest import run_cli
+    from tests.support import run_cli
 
     sim = sim_factory()
     rows = ticket_rows(10_000)
@@ -392,7 +392,7 @@ def test_ten_thousand_parquet_rows_and_cost_json_equals_the_simulator(
     report = run_cli("cost", "t", "--json", "--db", str(db))
     assert report.returncode == 0, report.stderr
     tokens = json.loads(report.stdout)["jobs"][0]["tokens"]
-    ledger = ledger_usage(sim.ledger)  # type: ignore[attr-defined]
+    ledger = ledger_usage(sim.ledger)
     assert tokens == {k: ledger[k] for k in ("input", "cached", "output", "thinking")}
 
 
@@ -418,7 +418,7 @@ def test_a_provider_stop_ends_the_job_after_a_handful_of_requests(
         run_sync(make_spec(sim, src, api=api), db)
     sim.stop()
     assert stop.value.exit_code == 4
-    sent = ledger_usage(sim.ledger)["requests"]  # type: ignore[attr-defined]
+    sent = ledger_usage(sim.ledger)["requests"]
     assert 1 <= sent <= 20  # the in-flight ones at most (concurrency 16), not one per row
     assert sql(db, "SELECT count(*) FROM results")[0][0] == 0  # every row stays pending
     assert sql(db, "SELECT state FROM jobs")[0][0] == "stopped"

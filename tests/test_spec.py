@@ -4,8 +4,7 @@ import pytest
 
 from pipeline.errors import SpecError
 from pipeline.spec import load_spec
-
-from .conftest import run_cli
+from tests.support import run_cli
 
 GOOD = """
 name = "j"

@@ -23,10 +23,19 @@ import pytest
 
 from pipeline.simproc import SimProcess
 from pipeline.spec import load_spec
-from tests.conftest import ROOT, run_cli, run_sync, sql, ticket_rows, write_jsonl
 from tests.million import JOB as MILLION
 from tests.million import make_store
-from tests.test_cli import job_file, start_run, wait_for_rows
+from tests.support import (
+    ROOT,
+    job_file,
+    run_cli,
+    run_sync,
+    sql,
+    start_run,
+    ticket_rows,
+    wait_for_rows,
+    write_jsonl,
+)
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (dev extra)"

@@ -9,7 +9,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import ticket_rows
+from tests.support import ticket_rows
 
 DATA = Path(__file__).resolve().parent / "_data"
 MODEL = "gemini-3.1-flash-lite-preview"
