@@ -10,8 +10,9 @@ import sys
 
 from aiohttp import web
 
+from pipeline.sim.config import Config
 from pipeline.sim.faults import PROFILES, parse_rate
-from pipeline.sim.server import Config, Sim
+from pipeline.sim.server import Sim
 
 
 def parse_args(argv: list[str] | None) -> Config:

@@ -1,29 +1,27 @@
-"""The aiohttp app: routing, auth, quota, faults, latency, rendering and the ledger."""
+"""The aiohttp app and the online endpoints: quota, faults, latency, rendering; the batch
+endpoints are in batch_routes.py, the key checks in auth.py."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import itertools
-import os
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from pipeline.sim import chat, core, envelopes, gemini, model, vertex
-from pipeline.sim.batch import Batches
+from pipeline.sim import chat, core, envelopes, gemini, reply, vertex
+from pipeline.sim.auth import Gate, Scheme, caller
+from pipeline.sim.batch_routes import Batches
+from pipeline.sim.config import Config
 from pipeline.sim.core import BadRequest, Req, Result
 from pipeline.sim.faults import PROFILES, Picker
 from pipeline.sim.ledger import Ledger
 from pipeline.sim.quota import Quota
+from pipeline.sim.record import Recorder
+from pipeline.sim.reply import GOOGLE_JSON, OPENAI_JSON
 
-GOOGLE_JSON = {"Content-Type": "application/json; charset=UTF-8"}
-OPENAI_JSON = {"Content-Type": "application/json"}
 SSE = "text/event-stream"
 ERRORS = {"429", "429-day", "400", "403", "404", "500", "503", "504", "insufficient_quota"}
 ON_GEMINI = {"refusal": "safety", "content_filter": "safety", "insufficient_quota": "429-day"}
@@ -32,37 +30,10 @@ ON_OPENAI |= {"prompt_blocked": "content_filter"}
 ON_COMPAT = ON_OPENAI | {"insufficient_quota": "429-day"}
 
 
-@dataclass
-class Config:
-    host: str = "127.0.0.1"
-    port: int = 0
-    profile: str = "clean"
-    seed: int = 7
-    key: str = "sim-key"
-    latency_ms: float | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    rpd: int | None = None
-    ledger: str | None = None
-    faults: dict[str, float] = field(default_factory=dict)
-    hang_seconds: float = 30.0
-    cache_min_tokens: int = 1024
-    flex_shed: float = 0.0  # share of Flex calls refused (not billed)
-    flex_slowdown: float = 2.0  # Flex answers this many times slower
-    batch_seconds: float = 2.0  # a batch finishes this long after it was created
-    batch_faults: list[str] = field(default_factory=list)  # one per created batch, in order
-    batch_create_delay: float = 0.0  # the first batch create answers this late (it is created)
-    token_seconds: float = 3600.0  # life of a Vertex AI access token from /token
-    # more keys, each in a project (keys of a project share its quota windows), and limits of
-    # a project's own (rpm, tpm, rpd); the main `key` is a project of its own name
-    keys: dict[str, str] = field(default_factory=dict)
-    fault_retry_s: float = 1.0  # the retryDelay of an injected Gemini per-minute 429
-    project_limits: dict[str, tuple[int | None, int | None, int | None]] = field(
-        default_factory=dict
-    )
-
-
 class Sim:
+    """Owns the simulated service's state (quota, cache, faults, ledger, tokens, batches) and the
+    online endpoints; the batch endpoints are batch_routes.py's, every key check auth.py's."""
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
         rates = dict(PROFILES[cfg.profile])
@@ -76,142 +47,70 @@ class Sim:
         self.projects = {cfg.key: cfg.key, **cfg.keys}
         self.quota = Quota(cfg.rpm, cfg.tpm, cfg.rpd, cfg.project_limits)
         self.ledger = Ledger(cfg.ledger)
-        self.logging = cfg.ledger is not None
+        self.record = Recorder(self.ledger, self.projects, cfg.seed)
         self.cache: set[tuple[str, str, int]] = set()
-        self.counter = itertools.count(1)
         self.flex_rng = random.Random(cfg.seed + 2)
-        self.batches = Batches(self)
         self.tokens = vertex.Tokens(cfg.token_seconds)
-        salt = f"{cfg.seed}:{time.time_ns()}:{os.getpid()}".encode()
-        digest = hashlib.blake2b(salt, digest_size=9).digest()
-        self.id_prefix = base64.urlsafe_b64encode(digest).decode()
+        self.gate = Gate(self.projects, self.tokens, cfg.key)
+        self.batches = Batches(cfg, self.record, self.picker)
 
     # --- plumbing ----------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self.gate.middleware])
         r = app.router
-        r.add_post("/v1/chat/completions", self.openai)
-        r.add_post("/v1beta/openai/chat/completions", self.compat)
+        self.gate.add(r, "POST", "/v1/chat/completions", self.chat_completions, "bearer")
+        self.gate.add(r, "POST", "/v1beta/openai/chat/completions", self.chat_completions, "compat")
         for v in ("v1beta", "v1"):
             r.add_post(f"/{v}/models/{{call}}", self.gemini)
-            r.add_get(f"/{v}/models", self.list_models)
+            self.gate.add(r, "GET", f"/{v}/models", self.list_models, "either")
             r.add_get(f"/{v}/models/{{name}}", self.get_model)
-        self.batches.routes(app)
+        self.batches.routes(self.gate, r)
         r.add_post("/token", self.token)
         for v in ("v1beta1", "v1"):
             path = f"/{v}/projects/{{project}}/locations/{{location}}/publishers/google/models"
             r.add_post(f"{path}/{{call}}", self.vertex)
         return app
 
-    def response_id(self) -> str:
-        return f"{self.id_prefix}{next(self.counter):010x}"
-
-    def log(
-        self,
-        req: Req,
-        status: int,
-        fault: str | None,
-        result: Result | None = None,
-        rid: str | None = None,
-        lane: str | None = None,
-    ) -> None:
-        if not self.logging:
-            return
-        lane = lane or ("flex" if req.tier == "flex" else "standard")
-        items = 1
-        if req.schema is not None and req.schema.packed_item is not None:
-            unpacked = model.unpack(req.user)
-            items = len(unpacked) if unpacked is not None else 1
-        billed = result is not None
-        self.ledger.record(
-            {
-                "t": time.time(),
-                "api": req.api,
-                "path": req.path,
-                "model": req.model,
-                "status": status,
-                "fault": fault,
-                "billed": billed,
-                "usage": {
-                    "prompt": result.prompt if result else 0,
-                    "cached": result.cached if result else 0,
-                    "output": result.output if result else 0,
-                    "thinking": result.thinking if result else 0,
-                },
-                "items": items,
-                "lane": lane,
-                "http": lane != "batch",
-                "response_id": rid,
-                "text_hash": hashlib.blake2b(
-                    core.strip_feedback(req.user).encode(), digest_size=8
-                ).hexdigest(),
-                "project": self.projects.get(req.key),
-                **(
-                    {"channel": "vertex", "token": req.token, "labels": req.labels}
-                    if req.vertex
-                    else {}
-                ),
-            }
-        )
-
-    def error(
-        self, api: str, status: int, body: Any, headers: dict[str, str] | None = None
-    ) -> web.Response:
-        if api == "openai-compat":
-            body = [body]  # Gemini's OpenAI-compatible endpoint wraps errors in a list
-        base = OPENAI_JSON if api == "openai" else GOOGLE_JSON
-        return web.Response(
-            body=orjson.dumps(body), status=status, headers={**base, **(headers or {})}
-        )
-
     def bad_request(self, api: str, e: BadRequest) -> web.Response:
         if api == "openai":
             body = envelopes.openai(e.message, "invalid_request_error", e.code, e.field)
-            return self.error(api, 400, body)
+            return reply.json(api, 400, body)
         if e.violations:
-            return self.error(api, 400, envelopes.field_violations(e.violations))
-        return self.error(api, 400, envelopes.invalid_argument(e.message))
+            return reply.json(api, 400, envelopes.field_violations(e.violations))
+        return reply.json(api, 400, envelopes.invalid_argument(e.message))
 
     # --- Gemini ------------------------------------------------------------------------------
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        denied = None
-        if not key:
-            denied = self.error("gemini", 403, envelopes.unregistered())
-        elif key not in self.projects:
-            denied = self.error("gemini", 400, envelopes.api_key_invalid())
-        return await self._generate(request, key or "", None, denied)
+        return await self._generate(request, "google")
 
     async def vertex(self, request: web.Request) -> web.StreamResponse:
         """Vertex's project/location path: a bearer token instead of a key, `labels` checked,
         no batchGenerateContent; the rest is the Gemini API's."""
-        token = self.tokens.check(request.headers.get("authorization", ""))
-        denied = None if token else self.error("gemini", 401, vertex.unauthenticated())
-        return await self._generate(request, self.cfg.key, token, denied)
+        return await self._generate(request, "vertex")
 
-    async def _generate(
-        self, request: web.Request, key: str, token: str | None, denied: web.Response | None
-    ) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, scheme: Scheme) -> web.StreamResponse:
         version = request.path.split("/", 2)[1]
         model_id, _, method = request.match_info["call"].partition(":")
         api = "gemini"
         known = ["generateContent", "streamGenerateContent", "countTokens"]
-        if token is None:
+        if scheme != "vertex":
             known.append("batchGenerateContent")
         if method not in known:
-            return self.error(api, 404, envelopes.google(404, "NOT_FOUND", "Method not found."))
-        if denied is not None:
-            return denied
+            return reply.json(api, 404, envelopes.google(404, "NOT_FOUND", "Method not found."))
+        who = self.gate.check(request, scheme)  # after the method: an unknown one is a 404 first
+        if isinstance(who, web.Response):
+            return who
+        key, token = who.key, who.token
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as e:
-            return self.error(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
+            return reply.json(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
         if not core.known_model(model_id):
-            return self.error(api, 404, envelopes.not_found(model_id, version, method))
+            return reply.json(api, 404, envelopes.not_found(model_id, version, method))
         if method == "batchGenerateContent":
-            return await self.batches.create_gemini(request, model_id, body)
+            return await self.batches.gemini.create(request, key, model_id, body)
         req = Req(api, request.path, model_id, key, vertex=token is not None, token=token)
         req.stream = method == "streamGenerateContent"
         req.sse = req.stream and request.query.get("alt") == "sse"
@@ -221,7 +120,7 @@ class Sim:
         if req.vertex and isinstance(body, dict):
             bad_labels = vertex.labels_error(body.get("labels"))
             if bad_labels is not None:
-                return self.error(api, 400, envelopes.invalid_argument(bad_labels))
+                return reply.json(api, 400, envelopes.invalid_argument(bad_labels))
             req.labels = body.get("labels")
         try:
             gemini.parse(body, req)
@@ -230,7 +129,7 @@ class Sim:
         if method == "countTokens":
             total, _ = core.prompt_tokens(req)
             detail = [{"modality": "TEXT", "tokenCount": total}]
-            return self.error(api, 200, {"totalTokens": total, "promptTokensDetails": detail})
+            return reply.json(api, 200, {"totalTokens": total, "promptTokensDetails": detail})
         return await self.complete(request, req, version, method)
 
     # --- Vertex AI -----------------------------------------------------------------------------
@@ -242,49 +141,32 @@ class Sim:
         return web.json_response(body, status=status)
 
     async def list_models(self, request: web.Request) -> web.Response:
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if not key and request.headers.get("authorization") != f"Bearer {self.cfg.key}":
-            return self.error("gemini", 403, envelopes.unregistered())
         models = [_model_info(m) for m in core.KNOWN_MODELS if m.startswith("gemini-")]
         size = int(request.query.get("pageSize") or 50)
         start = int(request.query.get("pageToken") or 0)
         page: dict[str, Any] = {"models": models[start : start + size]}
         if start + size < len(models):
             page["nextPageToken"] = str(start + size)
-        return self.error("gemini", 200, page)
+        return reply.json("gemini", 200, page)
 
     async def get_model(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if not core.known_model(name):
             version = request.path.split("/", 2)[1]
-            return self.error("gemini", 404, envelopes.not_found(name, version, "get"))
-        return self.error("gemini", 200, _model_info(name))
+            return reply.json("gemini", 404, envelopes.not_found(name, version, "get"))
+        return reply.json("gemini", 200, _model_info(name))
 
     # --- OpenAI ------------------------------------------------------------------------------
 
-    async def openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._chat(request, "openai")
-
-    async def compat(self, request: web.Request) -> web.StreamResponse:
-        return await self._chat(request, "openai-compat")
-
-    async def _chat(self, request: web.Request, api: str) -> web.StreamResponse:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if api == "openai-compat":
-            key = key or request.headers.get("x-goog-api-key", "")
-            if not key:
-                return self.error(api, 403, envelopes.unregistered())
-            if key not in self.projects:
-                return self.error(api, 400, envelopes.api_key_invalid())
-        elif key not in self.projects:
-            return self.error(api, 401, envelopes.openai_bad_key(key))
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's endpoint, or Gemini's OpenAI-compatible one: the caller's scheme says."""
+        api, key = caller(request).api, caller(request).key
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as e:
             if api == "openai":
-                return self.error(api, 400, envelopes.OPENAI_BAD_JSON)
-            return self.error(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
+                return reply.json(api, 400, envelopes.OPENAI_BAD_JSON)
+            return reply.json(api, 400, envelopes.bad_json_payload(f"Unexpected token. {e}"))
         req = Req(api, request.path, "", key)
         try:
             chat.parse(body, req)
@@ -292,8 +174,8 @@ class Sim:
             return self.bad_request(api, e)
         if not core.known_model(req.model):
             if api == "openai":
-                return self.error(api, 404, envelopes.openai_not_found(req.model))
-            return self.error(api, 404, envelopes.not_found(req.model, "v1beta", "generateContent"))
+                return reply.json(api, 404, envelopes.openai_not_found(req.model))
+            return reply.json(api, 404, envelopes.not_found(req.model, "v1beta", "generateContent"))
         return await self.complete(request, req, "v1beta", "generateContent")
 
     # --- the common path ---------------------------------------------------------------------
@@ -304,18 +186,18 @@ class Sim:
         verdict = self.quota.admit(project, prompt, time.monotonic())
         if verdict is None:
             return None
-        self.log(req, 429, "quota")
+        self.record.call(req, 429, "quota")
         wait = max(1.0, verdict.retry_s)
         if req.api == "openai":
             body = envelopes.openai_rate_limit(
                 req.model, per=verdict.per, limit=verdict.limit, used=verdict.used, retry_s=wait
             )
             headers = {"retry-after": str(round(wait)), "retry-after-ms": str(round(wait * 1000))}
-            return self.error(req.api, 429, body, headers)
+            return reply.json(req.api, 429, body, headers)
         if req.vertex:
-            return self.error(req.api, 429, vertex.exhausted())
+            return reply.json(req.api, 429, vertex.exhausted())
         body = envelopes.quota(req.model, per=verdict.per, limit=verdict.limit, retry_s=wait)
-        return self.error(req.api, 429, body)
+        return reply.json(req.api, 429, body)
 
     def _fault_error(self, req: Req, fault: str, version: str, method: str) -> web.Response:
         rpm, rpd = self.cfg.rpm or 60, self.cfg.rpd or 250
@@ -329,23 +211,23 @@ class Sim:
                     "retry-after": str(round(wait)),
                     "retry-after-ms": str(round(wait * 1000)),
                 }
-            self.log(req, status, fault)
-            return self.error(req.api, status, body, headers)
+            self.record.call(req, status, fault)
+            return reply.json(req.api, status, body, headers)
         error = gemini.fault_error(
             fault, req.model, version, method, rpm, rpd, self.cfg.fault_retry_s
         )
         assert error is not None
-        self.log(req, error[0], fault)
+        self.record.call(req, error[0], fault)
         if req.vertex and error[0] == 429:
-            return self.error(req.api, 429, vertex.exhausted())
-        return self.error(req.api, error[0], error[1])
+            return reply.json(req.api, 429, vertex.exhausted())
+        return reply.json(req.api, error[0], error[1])
 
     async def _shed(self, req: Req) -> web.Response:
         """Flex has no capacity for this call: refused at once and not billed. Gemini answers
         a bare 503 UNAVAILABLE, OpenAI a 429 that names no rate limit of the key."""
         if self.latency:
             await asyncio.sleep(self.latency * 0.2)
-        self.log(req, 503 if req.api != "openai" else 429, "flex_shed")
+        self.record.call(req, 503 if req.api != "openai" else 429, "flex_shed")
         if req.api == "openai":
             body = envelopes.openai(
                 "Resource unavailable: there is no Flex capacity for this request right now. "
@@ -353,11 +235,11 @@ class Sim:
                 "resource_unavailable",
                 "resource_unavailable",
             )
-            return self.error(req.api, 429, body)
+            return reply.json(req.api, 429, body)
         body = envelopes.google(
             503, "UNAVAILABLE", "The model is overloaded. Please try again later."
         )
-        return self.error(req.api, 503, body)
+        return reply.json(req.api, 503, body)
 
     def _cached(self, req: Req) -> int:
         _, system = core.prompt_tokens(req)
@@ -390,7 +272,7 @@ class Sim:
             mapping = ON_GEMINI if req.api == "gemini" else ON_OPENAI
             fault = (ON_COMPAT if req.api == "openai-compat" else mapping).get(fault, fault)
         if fault == "drop":
-            self.log(req, 0, fault)
+            self.record.call(req, 0, fault)
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError
@@ -408,13 +290,13 @@ class Sim:
             try:
                 await asyncio.sleep(delay)
             except asyncio.CancelledError:
-                self.log(req, 499, fault)
+                self.record.call(req, 499, fault)
                 raise
             if request.transport is None or request.transport.is_closing():
-                self.log(req, 499, fault)
+                self.record.call(req, 499, fault)
                 return web.Response(status=499)
         result = core.generate(req, fault, drop, self._cached(req))
-        rid = self.response_id()
+        rid = self.record.response_id()
         if req.api == "gemini":
             return await self._send_gemini(request, req, result, rid, fault)
         return await self._send_chat(request, req, result, rid, fault)
@@ -424,16 +306,16 @@ class Sim:
     ) -> web.StreamResponse:
         if fault == "truncated_body":
             raw = orjson.dumps(gemini.body(r, req.model, rid))
-            self.log(req, 200, fault)
+            self.record.call(req, 200, fault)
             return web.Response(body=raw[: len(raw) // 2], headers=GOOGLE_JSON)
         if not req.stream:
-            self.log(req, 200, fault, r, rid)
+            self.record.call(req, 200, fault, r, rid)
             return web.Response(
                 body=orjson.dumps(gemini.body(r, req.model, rid)), headers=GOOGLE_JSON
             )
         parts = [orjson.dumps(c) for c in gemini.chunks(r, req.model, rid)]
         if not req.sse:
-            self.log(req, 200, fault, r, rid)
+            self.record.call(req, 200, fault, r, rid)
             return web.Response(body=b"[" + b"\n,\n".join(parts) + b"]", headers=GOOGLE_JSON)
         return await self._stream(
             request, req, [b"data: " + p + b"\r\n\r\n" for p in parts], r, rid, fault
@@ -453,10 +335,10 @@ class Sim:
             headers["x-request-id"] = "req_" + rid[9:]
         if fault == "truncated_body":
             raw = orjson.dumps(chat.body(r, req.model, rid, created))
-            self.log(req, 200, fault)
+            self.record.call(req, 200, fault)
             return web.Response(body=raw[: len(raw) // 2], headers=headers)
         if not req.stream:
-            self.log(req, 200, fault, r, rid)
+            self.record.call(req, 200, fault, r, rid)
             tier = "flex" if req.tier == "flex" else "default"
             body = orjson.dumps(chat.body(r, req.model, rid, created, tier))
             return web.Response(body=body, headers=headers)
@@ -484,9 +366,9 @@ class Sim:
                 await resp.write(event)
             await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):
-            self.log(req, 499, fault)
+            self.record.call(req, 499, fault)
             raise
-        self.log(req, 200, fault, r, rid)
+        self.record.call(req, 200, fault, r, rid)
         return resp
 
 
