@@ -92,7 +92,7 @@ def read_journal(paths: Iterable[Path]) -> Iterator[tuple[str, CallRecord]]:
         for line in data.splitlines():
             try:
                 yield decode(line)
-            except (orjson.JSONDecodeError, IndexError, TypeError, ValueError):
+            except (orjson.JSONDecodeError, IndexError, KeyError, TypeError, ValueError):
                 continue
 
 
