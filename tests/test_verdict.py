@@ -28,7 +28,7 @@ from pipeline.lanes.online import Client, Gates, InFlightCounter, Routing
 from pipeline.lanes.runner import BatchOutcome, BatchRunner, JobControl, LocalBatch
 from pipeline.limits import FlowControl
 from pipeline.tasks import build_task
-from tests.conftest import make_spec
+from tests.support import make_spec
 
 MAX_ATTEMPTS = 3
 WHEN = datetime(2026, 12, 2, tzinfo=UTC)
