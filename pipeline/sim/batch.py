@@ -77,7 +77,7 @@ class Job:
     ended: float | None = None
 
 
-class BatchBook:
+class ProviderBatches:
     """Owns every file, upload and batch job of both APIs, and their fate."""
 
     def __init__(self, cfg: Config, record: Recorder, picker: Picker):

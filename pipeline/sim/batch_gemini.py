@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from pipeline.sim import envelopes, gemini, reply
-from pipeline.sim.batch import ENDED, BatchBook, Job, SimFile, timestamp
+from pipeline.sim.batch import ENDED, Job, ProviderBatches, SimFile, timestamp
 from pipeline.sim.core import Req, Result
 
 BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
@@ -38,7 +38,7 @@ class GeminiBatches:
 
     api = "gemini"
 
-    def __init__(self, book: BatchBook, host: str):
+    def __init__(self, book: ProviderBatches, host: str):
         self.book = book
         self.host = host
 

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import BodyPartReader, web
 
 from pipeline.sim import chat, envelopes, reply
-from pipeline.sim.batch import BatchBook, Job
+from pipeline.sim.batch import Job, ProviderBatches
 from pipeline.sim.core import Req, Result
 
 STATUS = {
@@ -30,7 +30,7 @@ class OpenAIBatches:
 
     api = "openai"
 
-    def __init__(self, book: BatchBook):
+    def __init__(self, book: ProviderBatches):
         self.book = book
 
     # -- the dialect ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from pipeline.sim.auth import Gate, Handler, Scheme, caller
-from pipeline.sim.batch import BatchBook, Dialect, Job
+from pipeline.sim.batch import Dialect, Job, ProviderBatches
 from pipeline.sim.batch_gemini import GeminiBatches
 from pipeline.sim.batch_openai import OpenAIBatches
 from pipeline.sim.config import Config
@@ -37,7 +37,7 @@ class Batches:
     """Owns the batch book and the two APIs that read and write it."""
 
     def __init__(self, cfg: Config, record: Recorder, picker: Picker):
-        self.book = BatchBook(cfg, record, picker)
+        self.book = ProviderBatches(cfg, record, picker)
         self.gemini = GeminiBatches(self.book, cfg.host)
         self.openai = OpenAIBatches(self.book)
         self.apis: dict[str, BatchApi] = {"gemini": self.gemini, "openai": self.openai}
