@@ -752,13 +752,10 @@ async def run_job(
         run.stats.rows_total_exact = exact
         run.stats.rows_before = opened.rows_before
         if spec.engine.kind == "ray":
-            from pipeline.dist.driver import start_on_ray
-
             try:
-                run.ray_run = await start_on_ray(run)
-            except FlashpipeError as exc:  # nothing was sent: the job stops, resumable
-                await thread.run(store.set_state, spec.name, "stopped", str(exc), None)
-                run = None
+                await _start_ray(run)
+            except FlashpipeError:
+                run = None  # nothing was sent: the job stopped, resumable
                 raise
         with fewer_gc_passes():
             try:
@@ -770,21 +767,42 @@ async def run_job(
         raise
     finally:
         await transport.aclose()
-        try:
-            if run is not None and failed is None:
-                await _finish(run, thread)  # raises the stop (budget, provider, interrupt)
-            elif run is not None:
-                # the run already failed (a full disk, most likely): record what can be
-                # recorded, and let the first error be the one the user reads
-                with contextlib.suppress(Exception):
-                    await _finish(run, thread)
-        finally:
-            thread.close()
-            status_path(db_path).unlink(missing_ok=True)
-            if journal is not None:
-                journal.close()
+        await _close(run, thread, journal, failed, db_path)
     assert run is not None
     return run.summary(time.monotonic() - started)
+
+
+async def _start_ray(run: JobRun) -> None:
+    from pipeline.dist.driver import start_on_ray
+
+    try:
+        run.ray_run = await start_on_ray(run)
+    except FlashpipeError as exc:
+        await run.store.run(run.store.store.set_state, run.spec.name, "stopped", str(exc), None)
+        raise
+
+
+async def _close(
+    run: JobRun | None,
+    thread: StoreThread,
+    journal: CallJournal | None,
+    failed: BaseException | None,
+    db_path: str,
+) -> None:
+    """Record how the run ended (raising its stop), then release the store and the journal."""
+    try:
+        if run is not None and failed is None:
+            await _finish(run, thread)  # raises the stop (budget, provider, interrupt)
+        elif run is not None:
+            # the run already failed (a full disk, most likely): record what can be
+            # recorded, and let the first error be the one the user reads
+            with contextlib.suppress(Exception):
+                await _finish(run, thread)
+    finally:
+        thread.close()
+        status_path(db_path).unlink(missing_ok=True)
+        if journal is not None:
+            journal.close()
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
