@@ -36,6 +36,7 @@ from pipeline.core.breaker import Breaker, BreakerConfig, BreakerState
 from pipeline.core.records import (
     BatchClose,
     CallRecord,
+    Lane,
     Outcome,
     ResultRecord,
     Row,
@@ -504,7 +505,7 @@ class JobRun:
 
     def _count_call(self, call: CallRecord) -> None:
         s = self.stats
-        if call.lane != "batch":  # batch answers arrive in a few HTTP requests, counted apart
+        if call.lane != Lane.BATCH:  # batch answers arrive in a few HTTP requests, counted apart
             s.requests += 1
         s.usage = s.usage + call.usage
         s.usd += call.cost_usd
@@ -846,7 +847,7 @@ async def _run_stages(run: JobRun, handle_signals: bool) -> None:
                 tg.start_soon(signals)
             stages.start_soon(run.read, work_send, out_send.clone())
             batches = run.batches
-            if run.lane == "batch" and batches is not None:
+            if run.lane == Lane.BATCH and batches is not None:
                 stages.start_soon(batches.run, work_recv, out_send.clone())
                 out_send.close()
             else:
