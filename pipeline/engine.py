@@ -35,6 +35,7 @@ from pipeline.channel import ChannelReceiver, channel
 from pipeline.core.breaker import Breaker, BreakerConfig, BreakerState
 from pipeline.core.records import (
     BatchClose,
+    CallOutcome,
     CallRecord,
     Outcome,
     ResultRecord,
@@ -45,7 +46,7 @@ from pipeline.core.records import (
     now_utc,
     runner_id,
 )
-from pipeline.core.usage import ZERO
+from pipeline.core.usage import ZERO, Usage
 from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
 from pipeline.errors import (
     BudgetExhausted,
@@ -60,14 +61,16 @@ from pipeline.lanes.build import build_auth, build_batch_api, build_provider, on
 from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing
 from pipeline.lanes.runner import BatchOutcome, BatchRunner, JobControl
 from pipeline.limits import Flow, FlowControl
-from pipeline.pricing import resolve_prices
+from pipeline.pricing import context_cache_cost, resolve_prices
 from pipeline.progress import ProgressReporter, RunStats
+from pipeline.providers import context_cache
 from pipeline.sources import Frame, count_rows_fast, keep_types, read_frames
 from pipeline.spec import JobSpec, parse_deadline
 from pipeline.store import Store, StoredBatches, StoreThread, check_writable
 from pipeline.tasks import build_task
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.custom import CustomTask
+from pipeline.tasks.packing import packed_shape
 from pipeline.transport import AiohttpTransport, Transport
 
 log = logging.getLogger("flashpipe")
@@ -741,6 +744,7 @@ async def run_job(
     transport = AiohttpTransport(spec.provider.timeout, max_in_flight=AUTO_CAP)
     started = time.monotonic()
     run: JobRun | None = None
+    cache: context_cache.RunCache | None = None
     journal: CallJournal | None = None
     failed: BaseException | None = None
     try:
@@ -760,9 +764,15 @@ async def run_job(
                 await thread.run(store.set_state, spec.name, "stopped", str(exc), None)
                 run = None
                 raise
+        shape = packed_shape(run.task) if spec.limits.rows_per_request > 1 else run.task.shape
+        provider = run.online.client.provider
+        cache = context_cache.for_run(
+            spec, shape.system, transport, auth.headers, provider, run.request_stop
+        )
         with fewer_gc_passes():
             try:
-                await _run_stages(run, handle_signals)
+                async with cache:  # created before the first request, deleted after the last
+                    await _run_stages(run, handle_signals)
             except BaseExceptionGroup as group:
                 raise _one_error(group) from None
     except BaseException as exc:
@@ -771,6 +781,9 @@ async def run_job(
     finally:
         await transport.aclose()
         try:
+            if run is not None and cache is not None and cache.bill is not None:
+                with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+                    await _record_context_cache(run, thread, cache.bill)
             if run is not None and failed is None:
                 await _finish(run, thread)  # raises the stop (budget, provider, interrupt)
             elif run is not None:
@@ -785,6 +798,22 @@ async def run_job(
                 journal.close()
     assert run is not None
     return run.summary(time.monotonic() - started)
+
+
+async def _record_context_cache(
+    run: JobRun, thread: StoreThread, bill: context_cache.CacheBill
+) -> None:
+    """The run's context cache as a call without rows (its tokens written once, its storage),
+    so `cost` and the budget count it."""
+    cost = context_cache_cost(bill.tokens, bill.seconds, run.prices)
+    call = CallRecord(
+        f"{run.run_no}-context-cache", (), 1, now_utc(), bill.seconds * 1000, 200,
+        CallOutcome.CONTEXT_CACHE, None, Usage(input=bill.tokens), cost, run.spec.model, None,
+        bill.name,
+    )  # fmt: skip
+    run.budget.settle(Decimal(0), cost)
+    run.stats.usd += cost
+    await thread.run(thread.store.write, run.spec.name, [], [call], [])
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -56,6 +56,15 @@ class GeminiProvider(PrefixEncoder):
         else:
             self._thinking = {"thinkingLevel": thinking.upper()}
         self._temperature = temperature
+        self._caches: dict[str, str] = {}  # system instruction -> its cachedContents name
+
+    def use_cache(self, system: str, name: str | None) -> None:
+        """Name the context cache `name` instead of sending `system` (None: send it again)."""
+        if name is None:
+            self._caches.pop(system, None)
+        else:
+            self._caches[system] = name
+        self._prefix.clear()
 
     def url(self) -> str:
         return self._url
@@ -71,10 +80,13 @@ class GeminiProvider(PrefixEncoder):
             "maxOutputTokens": max_tokens,
             "thinkingConfig": self._thinking,
         }
-        doc = {
+        doc: dict[str, Any] = {
             "systemInstruction": {"parts": [{"text": shape.system}]},
             "generationConfig": config,
         }
+        cached = self._caches.get(shape.system)
+        if cached is not None:  # the API refuses a systemInstruction beside a cachedContent
+            doc = {"cachedContent": cached, "generationConfig": config}
         if self._labels:
             doc["labels"] = self._labels
         if tier is not None:  # as google-genai sends it (the REST docs show "FLEX")
