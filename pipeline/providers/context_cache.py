@@ -111,9 +111,9 @@ class RunCache:
     """Owns one run's context cache: creates it on entry (or decides not to), keeps it alive
     while the run lasts, deletes it on exit, and leaves its bill in `bill`.
 
-    `mode` "on" stops the run (`stop`) when the provider refuses the cache; "auto" caches only an
-    instruction whose `estimated` tokens reach `min_tokens` (the model's smallest cache) and
-    runs uncached when the provider refuses. `use(system, name)` tells the provider to name the
+    `mode` "on" stops the run (`stop`) when the provider refuses the cache; "auto" caches the
+    instruction only when it `fits` (reaches the model's smallest cache) and runs uncached
+    when the provider refuses. `use(system, name)` tells the provider to name the
     cache instead of sending that instruction (`name` None: send it again).
     """
 
