@@ -66,19 +66,25 @@ def channel_of(api: str, base_url: str, declared: str | None = None) -> Channel:
 
 @dataclass(frozen=True)
 class ModelLimits:
-    """Tokens one request may hold: the prompt (context) and the answer (output cap)."""
+    """Tokens one request may hold: the prompt (context) and the answer (output cap).
+
+    `cache_min`: the fewest tokens an explicit context cache (Gemini's cachedContents) may
+    hold; the API refuses a smaller one. The caching docs list 4,096 for the Gemini 3.x
+    models and 2,048 for 2.5 Flash (ai.google.dev/gemini-api/docs/caching, 2026).
+    """
 
     context: int
     max_output: int
     source: str
+    cache_min: int = 4096
 
 
 _GEMINI_FL = ModelLimits(1_048_576, 65_536, "channels.md: Gemini 3.1 Flash-Lite, 1M in / 64K out")
 MODEL_LIMITS: dict[str, ModelLimits] = {
     "gemini-3.1-flash-lite-preview": _GEMINI_FL,
     "gemini-3.1-flash-lite": _GEMINI_FL,
-    "gemini-2.5-flash-lite": ModelLimits(1_048_576, 65_536, "Gemini model card"),
-    "gemini-2.5-flash": ModelLimits(1_048_576, 65_536, "Gemini model card"),
+    "gemini-2.5-flash-lite": ModelLimits(1_048_576, 65_536, "Gemini model card", 2048),
+    "gemini-2.5-flash": ModelLimits(1_048_576, 65_536, "Gemini model card", 2048),
     "gemini-3-flash-preview": ModelLimits(1_048_576, 65_536, "Gemini model card"),
     "gpt-5.3-chat-latest": ModelLimits(128_000, 16_384, "channels.md: GPT-5.3 Chat, 128K / 16K"),
     "gpt-5-mini": ModelLimits(400_000, 128_000, "OpenAI model page"),

@@ -35,6 +35,7 @@ from pipeline.channel import ChannelReceiver, channel
 from pipeline.core.breaker import Breaker, BreakerConfig, BreakerState
 from pipeline.core.records import (
     BatchClose,
+    CallOutcome,
     CallRecord,
     Lane,
     Outcome,
@@ -46,7 +47,7 @@ from pipeline.core.records import (
     now_utc,
     runner_id,
 )
-from pipeline.core.usage import ZERO
+from pipeline.core.usage import ZERO, Usage
 from pipeline.dedupe import Dedupe, fingerprint, input_hash, request_key
 from pipeline.errors import (
     BudgetExhausted,
@@ -61,14 +62,16 @@ from pipeline.lanes.build import build_auth, build_batch_api, build_provider, on
 from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing
 from pipeline.lanes.runner import BatchOutcome, BatchRunner, JobControl
 from pipeline.limits import Flow, FlowControl
-from pipeline.pricing import resolve_prices
+from pipeline.pricing import context_cache_cost, resolve_prices
 from pipeline.progress import ProgressReporter, RunStats
+from pipeline.providers import context_cache
 from pipeline.sources import Frame, count_rows_fast, keep_types, read_frames
 from pipeline.spec import JobSpec, parse_deadline
 from pipeline.store import Store, StoredBatches, StoreThread, check_writable
 from pipeline.tasks import build_task
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.custom import CustomTask
+from pipeline.tasks.packing import packed_shape
 from pipeline.transport import AiohttpTransport, Transport
 
 log = logging.getLogger("flashpipe")
@@ -742,6 +745,7 @@ async def run_job(
     transport = AiohttpTransport(spec.provider.timeout, max_in_flight=AUTO_CAP)
     started = time.monotonic()
     run: JobRun | None = None
+    cache: context_cache.RunCache | None = None
     journal: CallJournal | None = None
     failed: BaseException | None = None
     try:
@@ -758,9 +762,15 @@ async def run_job(
             except FlashpipeError:
                 run = None  # nothing was sent: the job stopped, resumable
                 raise
+        shape = packed_shape(run.task) if spec.limits.rows_per_request > 1 else run.task.shape
+        provider = run.online.client.provider
+        cache = context_cache.for_run(
+            spec, shape.system, transport, auth.headers, provider, run.request_stop
+        )
         with fewer_gc_passes():
             try:
-                await _run_stages(run, handle_signals)
+                async with cache:  # created before the first request, deleted after the last
+                    await _run_stages(run, handle_signals)
             except BaseExceptionGroup as group:
                 raise _one_error(group) from None
     except BaseException as exc:
@@ -768,7 +778,8 @@ async def run_job(
         raise
     finally:
         await transport.aclose()
-        await _close(run, thread, journal, failed, db_path)
+        bill = cache.bill if cache is not None else None
+        await _close(run, thread, journal, failed, (db_path, bill))
     assert run is not None
     return run.summary(time.monotonic() - started)
 
@@ -788,10 +799,15 @@ async def _close(
     thread: StoreThread,
     journal: CallJournal | None,
     failed: BaseException | None,
-    db_path: str,
+    ended: tuple[str, context_cache.CacheBill | None],
 ) -> None:
-    """Record how the run ended (raising its stop), then release the store and the journal."""
+    """Record how the run ended (its context cache's bill, then its stop, raised), then
+    release the store and the journal. `ended`: the store's path and the cache's bill."""
+    db_path, bill = ended
     try:
+        if run is not None and bill is not None:
+            with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+                await _record_context_cache(run, thread, bill)
         if run is not None and failed is None:
             await _finish(run, thread)  # raises the stop (budget, provider, interrupt)
         elif run is not None:
@@ -804,6 +820,22 @@ async def _close(
         status_path(db_path).unlink(missing_ok=True)
         if journal is not None:
             journal.close()
+
+
+async def _record_context_cache(
+    run: JobRun, thread: StoreThread, bill: context_cache.CacheBill
+) -> None:
+    """The run's context cache as a call without rows (its tokens written once, its storage),
+    so `cost` and the budget count it."""
+    cost = context_cache_cost(bill.tokens, bill.seconds, run.prices)
+    call = CallRecord(
+        f"{run.run_no}-context-cache", (), 1, now_utc(), bill.seconds * 1000, 200,
+        CallOutcome.CONTEXT_CACHE, None, Usage(input=bill.tokens), cost, run.spec.model, None,
+        bill.name,
+    )  # fmt: skip
+    run.budget.settle(Decimal(0), cost)
+    run.stats.usd += cost
+    await thread.run(thread.store.write, run.spec.name, [], [call], [])
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -15,16 +15,23 @@ MILLION = Decimal(1_000_000)
 
 @dataclass(frozen=True)
 class Prices:
-    """US dollars per million tokens."""
+    """US dollars per million tokens; `storage_per_m_hour`: per million tokens held in an
+    explicit context cache for an hour (Gemini's cachedContents; 0 where there is none)."""
 
     input_per_m: Decimal
     output_per_m: Decimal
     cached_per_m: Decimal
     source: str = "built-in"
+    storage_per_m_hour: Decimal = Decimal(0)
 
 
-def _p(i: str, o: str, c: str, source: str) -> Prices:
-    return Prices(Decimal(i), Decimal(o), Decimal(c), source)
+# Gemini API pricing page: context caching storage, $1.00 per 1M tokens per hour for the Flash
+# and Flash-Lite models; CometAPI lists no storage price (Google's assumed).
+_STORAGE = "1.00"
+
+
+def _p(i: str, o: str, c: str, source: str, storage: str = _STORAGE) -> Prices:
+    return Prices(Decimal(i), Decimal(o), Decimal(c), source, Decimal(storage))
 
 
 _GOOGLE = "Gemini API list price"
@@ -44,8 +51,9 @@ PRICE_TABLE: dict[tuple[str, Channel], Prices] = {
     ("gemini-2.5-flash-lite", Channel.GEMINI_API): _p("0.10", "0.40", "0.01", _GOOGLE),
     ("gemini-2.5-flash", Channel.GEMINI_API): _p("0.30", "2.50", "0.03", _GOOGLE),
     ("gemini-3-flash-preview", Channel.GEMINI_API): _p("0.50", "3.00", "0.05", _GOOGLE),
-    ("gpt-5.3-chat-latest", Channel.OPENAI): _p("1.75", "14.00", "0.175", _OPENAI),
-    ("gpt-5-mini", Channel.OPENAI): _p("0.25", "2.00", "0.025", _OPENAI),
+    # OpenAI caches prompt prefixes on its own (no storage, no explicit cache)
+    ("gpt-5.3-chat-latest", Channel.OPENAI): _p("1.75", "14.00", "0.175", _OPENAI, "0"),
+    ("gpt-5-mini", Channel.OPENAI): _p("0.25", "2.00", "0.025", _OPENAI, "0"),
 }
 
 
@@ -71,13 +79,15 @@ def prices_for(model: str, channel: Channel) -> Prices | None:
 
 def resolve_prices(spec: JobSpec) -> Prices:
     """The job's prices; an unknown model without [pricing] is an error before anything is sent."""
-    if spec.pricing is not None:
-        o = spec.pricing
-        cached = o.cached_per_m if o.cached_per_m is not None else o.input_per_m
-        return Prices(o.input_per_m, o.output_per_m, cached, "job [pricing]")
     p = spec.provider
     channel = channel_of(p.api, p.base_url, p.channel)
     found = prices_for(spec.model, channel)
+    if spec.pricing is not None:
+        o = spec.pricing
+        cached = o.cached_per_m if o.cached_per_m is not None else o.input_per_m
+        # [pricing] names token prices; a context cache's storage keeps the table's price
+        storage = found.storage_per_m_hour if found is not None else Decimal(0)
+        return Prices(o.input_per_m, o.output_per_m, cached, "job [pricing]", storage)
     if found is not None:
         return found
     known = ", ".join(sorted({f"{m} ({c})" for m, c in PRICE_TABLE}))
@@ -106,6 +116,7 @@ def lane_prices(prices: Prices, lane: str) -> Prices:
         prices.output_per_m * f,
         prices.cached_per_m * f,
         f"{prices.source}, {lane} lane x{f}",
+        prices.storage_per_m_hour,  # storage is billed by the hour, whatever the lane
     )
 
 
@@ -121,3 +132,10 @@ def cost_usd(usage: Usage, prices: Prices) -> Decimal:
 def worst_case_cost(input_tokens: int, max_output_tokens: int, prices: Prices) -> Decimal:
     """An upper bound for one call: every prompt token uncached, the output budget used up."""
     return (input_tokens * prices.input_per_m + max_output_tokens * prices.output_per_m) / MILLION
+
+
+def context_cache_cost(tokens: int, seconds: float, prices: Prices) -> Decimal:
+    """An explicit context cache: its tokens written once at the standard input price, then
+    held `seconds` at the storage price per token-hour (prorated to the second)."""
+    held = Decimal(tokens) * Decimal(str(round(seconds, 3))) / Decimal(3600)
+    return (tokens * prices.input_per_m + held * prices.storage_per_m_hour) / MILLION

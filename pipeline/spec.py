@@ -90,6 +90,9 @@ class ProviderSpec:
     labels: tuple[tuple[str, str], ...] = ()  # sent on every Vertex request, with job and run
     # [[provider.pool]]: several keys, one quota per project (empty: api_key_env and [limits])
     pools: tuple[PoolSpec, ...] = ()
+    # Gemini explicit context caching of the instructions: "off" | "on" | "auto" (on when the
+    # instructions reach the model's minimum cache size)
+    context_cache: str = "off"
 
 
 @dataclass(frozen=True)
@@ -391,10 +394,12 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
             "credentials_file",
             "labels",
             "pool",
+            "context_cache",
         },
     )
     lane = _choice(prov, "lane", "provider.lane", "standard", LANES)
     api = _choice(prov, "api", "provider.api", "gemini", APIS)
+    context_cache = _context_cache(prov, api, lane)
     vertex = _vertex(prov, api, lane)
     timeout = prov.get("timeout", {})
     if not isinstance(timeout, dict):
@@ -441,6 +446,7 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         lane=lane,
         deadline=deadline,
         channel=None if channel == "auto" else str(channel),
+        context_cache=context_cache,
         **vertex,
     )
 
@@ -541,6 +547,13 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
     )
     if engine.kind == "ray" and lane != "standard":
         raise _fail("engine.kind", "ray", f'"local" with provider.lane = {lane!r}')
+    if provider.context_cache == "on" and (pools or engine.kind != "local"):
+        raise _fail(
+            "provider.context_cache",
+            True,
+            'false or "auto" with [[provider.pool]] or engine.kind = "ray" (a cache belongs to '
+            "one key's project and this process)",
+        )
 
     store = _table(doc, "store", {"path"})
     store_path = _str(store, "path", "store.path") if "path" in store else None
@@ -584,6 +597,30 @@ def _validate(doc: dict[str, Any], base_dir: Path) -> JobSpec:
         raw=orjson.dumps(doc).decode(),
         **task_cfg,
     )
+
+
+def _context_cache(prov: Mapping[str, Any], api: str, lane: str) -> str:
+    """provider.context_cache: false (default), true, or "auto"."""
+    value = prov.get("context_cache", False)
+    if value not in (True, False, "auto"):
+        raise _fail("provider.context_cache", value, 'true, false or "auto"')
+    if value is True and api != "gemini":
+        raise _fail(
+            "provider.context_cache",
+            value,
+            'false with api = "gemini" only (explicit caches are the Gemini API\'s '
+            "cachedContents; OpenAI-compatible endpoints cache prompt prefixes on their own)",
+        )
+    if value is True and lane in ("batch", "auto"):
+        raise _fail(
+            "provider.context_cache",
+            value,
+            'false or "auto" with provider.lane = "batch" or "auto" (the cache lives for one '
+            "online run)",
+        )
+    if value == "auto":
+        return "auto"
+    return "on" if value else "off"
 
 
 def _escalate(doc: Mapping[str, Any], lane: str, max_output: int) -> EscalateSpec:

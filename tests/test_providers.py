@@ -155,3 +155,180 @@ def test_openai_request_shape() -> None:
     ]
     assert body["response_format"]["json_schema"]["strict"] is True
     assert body["max_completion_tokens"] == 32
+
+
+# One classification for both providers: the status decides the class, whatever the body;
+# a JSON error body only refines it (a named stop, the quota a 429 names, the server's delay).
+# (status, class, capacity on Flex)
+STATUS_TABLE = [
+    (201, ErrorClass.BAD_REQUEST, False),
+    (302, ErrorClass.BAD_REQUEST, False),
+    (400, ErrorClass.BAD_REQUEST, False),
+    (401, ErrorClass.STOP, False),
+    (403, ErrorClass.STOP, False),
+    (404, ErrorClass.STOP, False),
+    (408, ErrorClass.TRANSIENT, False),
+    (409, ErrorClass.TRANSIENT, False),
+    (413, ErrorClass.BAD_REQUEST, False),
+    (431, ErrorClass.BAD_REQUEST, False),
+    (429, ErrorClass.RATE_LIMITED, None),  # capacity: see the body cases below
+    (500, ErrorClass.TRANSIENT, False),
+    (502, ErrorClass.TRANSIENT, False),
+    (503, ErrorClass.TRANSIENT, True),
+    (504, ErrorClass.TRANSIENT, False),
+]
+# a provider's error body that says nothing beyond its status
+PLAIN_BODY = {
+    "gemini": lambda status: {"error": {"code": status, "message": "m", "status": "X"}},
+    "openai": lambda status: {"error": {"message": "m", "type": "server_error", "code": None}},
+}
+PROVIDERS = {"gemini": gemini, "openai": openai}
+
+
+@pytest.mark.parametrize("api", sorted(PROVIDERS))
+@pytest.mark.parametrize("body_kind", ["json", "html", "empty"])
+@pytest.mark.parametrize(("status", "cls", "capacity"), STATUS_TABLE)
+def test_every_status_family_is_classified_the_same_for_both_providers(
+    api: str, body_kind: str, status: int, cls: ErrorClass, capacity: bool | None
+) -> None:
+    body = {
+        "json": json.dumps(PLAIN_BODY[api](status)).encode(),
+        "html": b"<html><body>Bad Gateway</body></html>",
+        "empty": b"",
+    }[body_kind]
+    reply = PROVIDERS[api].parse(HttpResponse(status, {"content-type": "text/html"}, body))
+    assert reply.kind is ReplyKind.ERROR
+    assert reply.error_class is cls, reply.error
+    assert reply.http_status == status
+    assert reply.error and str(status) in reply.error
+    if capacity is None:  # a JSON 429 naming no quota of the key is capacity, a proxy's is not
+        capacity = body_kind == "json"
+    assert reply.capacity is capacity
+
+
+@pytest.mark.parametrize("api", sorted(PROVIDERS))
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b""])
+def test_an_unreadable_200_is_transient_for_both_providers(api: str, body: bytes) -> None:
+    reply = PROVIDERS[api].parse(HttpResponse(200, {}, body))
+    assert (reply.kind, reply.error_class) == (ReplyKind.ERROR, ErrorClass.TRANSIENT)
+
+
+@pytest.mark.parametrize(
+    ("api", "headers", "error", "delay"),
+    [
+        ("gemini", {}, {"details": [{"@type": "x.RetryInfo", "retryDelay": "7s"}]}, 7.0),
+        # Gemini sends no Retry-After header; a proxy's header is not the service's delay
+        ("gemini", {"retry-after": "9"}, {}, None),
+        ("openai", {"retry-after-ms": "250"}, {"code": "rate_limit_exceeded"}, 0.25),
+        ("openai", {"retry-after": "3"}, {"code": "rate_limit_exceeded"}, 3.0),
+        ("openai", {}, {"code": "rate_limit_exceeded"}, None),
+    ],
+)
+def test_the_429_delay_comes_from_where_each_provider_puts_it(
+    api: str, headers: dict[str, str], error: dict[str, object], delay: float | None
+) -> None:
+    body = {"error": {"code": 429, "message": "slow down", **error}}
+    if api == "openai":
+        body = {"error": {"message": "slow down", "type": "requests", **error}}
+    reply = PROVIDERS[api].parse(HttpResponse(429, headers, json.dumps(body).encode()))
+    assert reply.error_class is ErrorClass.RATE_LIMITED
+    assert reply.retry_after == (pytest.approx(delay) if delay is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls"),
+    [
+        (400, {"error": {"code": "invalid_api_key", "message": "bad key"}}, ErrorClass.STOP),
+        (429, {"error": {"code": "insufficient_quota", "message": "billing"}}, ErrorClass.STOP),
+        (429, {"error": {"code": "rate_limit_exceeded", "message": "m"}}, ErrorClass.RATE_LIMITED),
+        (
+            400,
+            {"error": {"code": "context_length_exceeded", "message": "m"}},
+            ErrorClass.BAD_REQUEST,
+        ),
+    ],
+)
+def test_openai_error_codes_refine_the_status(status: int, body: object, cls: ErrorClass) -> None:
+    reply = openai.parse(HttpResponse(status, {}, json.dumps(body).encode()))
+    assert reply.error_class is cls, reply.error
+
+
+def test_the_compat_endpoints_list_wrapped_google_errors_read_as_gemini_reads_them() -> None:
+    for name in (
+        "error.429.free-tier.per-day-requests.gemini-2.5-flash.json",
+        "error.429.free-tier.per-minute-requests.gemini-3.6-flash.json",
+        "error.400.api-key-invalid.json",
+        "error.503.unavailable.overloaded.json",
+    ):
+        fx = json.loads((GEMINI / name).read_text())
+        wrapped = HttpResponse(fx["status"], {}, json.dumps([fx["body"]]).encode())
+        native, compat = gemini.parse(wrapped), openai.parse(wrapped)
+        assert (compat.error_class, compat.retry_after, compat.capacity) == (
+            native.error_class,
+            native.retry_after,
+            native.capacity,
+        ), name
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, ErrorClass.BAD_REQUEST),
+        (401, ErrorClass.BAD_REQUEST),  # one line's error never stops the job
+        (404, ErrorClass.BAD_REQUEST),
+        (429, ErrorClass.TRANSIENT),  # a batch's 429 says nothing about the online quota
+        (500, ErrorClass.TRANSIENT),
+        (503, ErrorClass.TRANSIENT),
+    ],
+)
+def test_a_failed_batch_line_is_classified_the_same_for_both_providers(
+    status: int, cls: ErrorClass
+) -> None:
+    from pipeline.lanes.gemini_batch import _reply as gemini_line
+    from pipeline.lanes.openai_batch import _reply as openai_line
+
+    g = gemini_line({"key": "1", "error": {"code": status, "message": "m", "status": "X"}})
+    o = openai_line(
+        {
+            "custom_id": "1",
+            "response": {"status_code": status, "body": {"error": {"message": "m", "code": "x"}}},
+        }
+    )
+    assert (g.kind, g.error_class, g.http_status) == (ReplyKind.ERROR, cls, status)
+    assert (o.kind, o.error_class, o.http_status) == (ReplyKind.ERROR, cls, status)
+
+
+class CannedTransport:
+    """Answers every request with one recorded-style response (status, headers, body)."""
+
+    def __init__(self, resp: HttpResponse):
+        self.resp = resp
+
+    async def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+    ) -> HttpResponse:
+        return self.resp
+
+
+@pytest.mark.parametrize("api", sorted(PROVIDERS))
+@pytest.mark.parametrize(("status", "cls", "capacity"), STATUS_TABLE)
+def test_batch_calls_are_refused_as_online_calls_are_classified(
+    api: str, status: int, cls: ErrorClass, capacity: bool | None
+) -> None:
+    import anyio
+
+    from pipeline.lanes.api import BatchApiError, send
+    from pipeline.providers.base import google_error
+    from pipeline.providers.openai import openai_error
+
+    transport = CannedTransport(HttpResponse(status, {}, b"<html>proxy</html>"))
+    reader = google_error if api == "gemini" else openai_error
+
+    async def call() -> None:
+        await send(transport, "GET", "http://x/batches/1", {}, None, reader)  # type: ignore[arg-type]
+
+    with pytest.raises(BatchApiError) as caught:
+        anyio.run(call)
+    assert caught.value.stop is (cls is ErrorClass.STOP)
+    assert caught.value.bad is (cls is ErrorClass.BAD_REQUEST)
+    assert caught.value.status == status

@@ -43,6 +43,7 @@ class CallOutcome(StrEnum):
     SHED = "shed"  # Flex refused it for capacity: not billed, not an attempt
     OUTAGE = "outage"  # failed inside an outage: charged to no row
     PAID_TWICE = "paid_twice"  # a stalled batch's late answer: its rows were answered online
+    CONTEXT_CACHE = "context_cache"  # a run's context cache: written once, stored; no rows
 
 
 class Lane(StrEnum):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from pipeline.core.reply import Reply
+from pipeline.core.retry import ErrorClass
+from pipeline.providers.base import ErrorReader, classify_error
+from pipeline.transport import HttpResponse, Transport, TransportError
 
 # normalised states; the wire says BATCH_STATE_* (Gemini) or validating/in_progress/... (OpenAI)
 PENDING, RUNNING, SUCCEEDED, FAILED, EXPIRED, CANCELLED = (
@@ -42,6 +48,48 @@ class BatchApiError(Exception):
         self.retry_after = retry_after
 
 
+async def send(
+    transport: Transport,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    read_error: ErrorReader,
+) -> HttpResponse:
+    """One batch API call; anything but a 200 is a BatchApiError classified the way the
+    provider's online calls are (`read_error` reads its error body)."""
+    what = f"{method} {url.split('?')[0]}"
+    try:
+        resp = await transport.request(method, url, headers, body)
+    except TransportError as exc:
+        raise BatchApiError(f"{what}: {exc}") from None
+    if resp.status == 200:
+        return resp
+    reply = classify_error(resp, read_error)
+    cls = reply.error_class
+    raise BatchApiError(
+        f"{what}: {reply.error}",
+        stop=cls is ErrorClass.STOP,
+        bad=cls is ErrorClass.BAD_REQUEST,
+        retry_after=reply.retry_after,
+        status=resp.status,
+    )
+
+
+def jsonl_items(data: bytes) -> Iterator[dict[str, Any]]:
+    """The objects of a results file; a torn or foreign line is an answer we did not get (its
+    row goes again)."""
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            item = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            yield item
+
+
 @dataclass
 class RemoteBatch:
     name: str
@@ -51,8 +99,6 @@ class RemoteBatch:
 
 
 class BatchApi(Protocol):
-    """A provider's batch endpoints, as the Batch lane uses them: find, submit, get, results."""
-
     requests: int  # HTTP requests sent so far
 
     def line(self, key: str, request: bytes) -> bytes:

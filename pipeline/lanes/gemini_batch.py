@@ -10,36 +10,18 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.reply import Reply, ReplyKind
-from pipeline.core.retry import ErrorClass
-from pipeline.lanes.api import (
-    CANCELLED,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    BatchApiError,
-    RemoteBatch,
-)
-from pipeline.providers.base import google_error
+from pipeline.core.reply import Reply
+from pipeline.lanes import api
+from pipeline.lanes.api import BatchApiError, RemoteBatch, jsonl_items, send
+from pipeline.providers.base import google_error, line_error
 from pipeline.providers.gemini import parse_generate_content
-from pipeline.transport import HttpResponse, Transport, TransportError
+from pipeline.transport import HttpResponse, Transport
 
+# the wire's BATCH_STATE_*, and the SDK's JOB_STATE_* in case a gateway passes them through
 STATES = {
-    "BATCH_STATE_PENDING": PENDING,
-    "BATCH_STATE_RUNNING": RUNNING,
-    "BATCH_STATE_SUCCEEDED": SUCCEEDED,
-    "BATCH_STATE_FAILED": FAILED,
-    "BATCH_STATE_CANCELLED": CANCELLED,
-    "BATCH_STATE_EXPIRED": EXPIRED,
-    # the SDK's names, in case a gateway passes them through
-    "JOB_STATE_PENDING": PENDING,
-    "JOB_STATE_RUNNING": RUNNING,
-    "JOB_STATE_SUCCEEDED": SUCCEEDED,
-    "JOB_STATE_FAILED": FAILED,
-    "JOB_STATE_CANCELLED": CANCELLED,
-    "JOB_STATE_EXPIRED": EXPIRED,
+    f"{prefix}_STATE_{name.upper()}": name
+    for prefix in ("BATCH", "JOB")
+    for name in (api.PENDING, api.RUNNING, api.SUCCEEDED, api.FAILED, api.CANCELLED, api.EXPIRED)
 }
 
 
@@ -62,21 +44,7 @@ class GeminiBatchApi:
         headers: dict[str, str] | None = None,
     ) -> HttpResponse:
         self.requests += 1
-        try:
-            resp = await self.t.request(method, url, headers or self._headers(), body)
-        except TransportError as exc:
-            raise BatchApiError(f"{method} {url.split('?')[0]}: {exc}") from None
-        if resp.status != 200:
-            error = _error_object(resp.body)
-            cls, what, delay = google_error(resp.status, error)
-            raise BatchApiError(
-                f"{method} {url.split('?')[0]}: {what}",
-                stop=cls is ErrorClass.STOP,
-                bad=cls is ErrorClass.BAD_REQUEST,
-                retry_after=delay,
-                status=resp.status,
-            )
-        return resp
+        return await send(self.t, method, url, headers or self._headers(), body, google_error)
 
     def line(self, key: str, request: bytes) -> bytes:
         return b'{"key":' + orjson.dumps(key) + b',"request":' + request + b"}"
@@ -153,10 +121,10 @@ class GeminiBatchApi:
             body = orjson.loads((await self._call("GET", f"{self.base}/v1beta/{name}")).body)
         except BatchApiError as exc:
             if exc.status == 404:  # deleted, or older than the provider keeps batches
-                return RemoteBatch(name, EXPIRED, "the provider no longer knows this batch")
+                return RemoteBatch(name, api.EXPIRED, "the provider no longer knows this batch")
             raise
         meta = body.get("metadata") or {}
-        state = STATES.get(str(meta.get("state", "")), PENDING)
+        state = STATES.get(str(meta.get("state", "")), api.PENDING)
         err = body.get("error")
         error = None
         if isinstance(err, dict):
@@ -178,13 +146,7 @@ class GeminiBatchApi:
             return out
         url = f"{self.base}/download/v1beta/{responses_file}:download?alt=media"
         data = (await self._call("GET", url)).body
-        for raw in data.splitlines():
-            if not raw.strip():
-                continue
-            try:
-                item = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue  # a torn line is an answer we did not get: the row goes again
+        for item in jsonl_items(data):
             out[str(item.get("key", ""))] = _reply(item)
         return out
 
@@ -196,19 +158,4 @@ def _reply(item: dict[str, Any]) -> Reply:
     raw = item.get("error")
     error: dict[str, Any] = raw if isinstance(raw, dict) else {}
     code = int(error.get("code", 500) or 500)
-    cls, what, delay = google_error(code, error)
-    if cls is ErrorClass.STOP:
-        cls = ErrorClass.BAD_REQUEST  # one line's error does not stop the job
-    return Reply(ReplyKind.ERROR, code, error_class=cls, error=what, retry_after=delay)
-
-
-def _error_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {"message": raw[:200].decode("utf-8", "replace")}
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        body = body[0]
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return dict(body["error"])
-    return {"message": str(body)[:200]}
+    return line_error(code, google_error(code, error, {}))

@@ -7,30 +7,22 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.reply import Reply, ReplyKind
-from pipeline.core.retry import ErrorClass
-from pipeline.lanes.api import (
-    CANCELLED,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    BatchApiError,
-    RemoteBatch,
-)
-from pipeline.providers.openai import STOP_CODES, parse_chat_completion
-from pipeline.transport import HttpResponse, Transport, TransportError
+from pipeline.core.reply import Reply
+from pipeline.lanes import api
+from pipeline.lanes.api import BatchApiError, RemoteBatch, jsonl_items, send
+from pipeline.providers.base import line_error
+from pipeline.providers.openai import openai_error, parse_chat_completion
+from pipeline.transport import HttpResponse, Transport
 
 STATES = {
-    "validating": PENDING,
-    "in_progress": RUNNING,
-    "finalizing": RUNNING,
-    "completed": SUCCEEDED,
-    "failed": FAILED,
-    "expired": EXPIRED,
-    "cancelling": RUNNING,
-    "cancelled": CANCELLED,
+    "validating": api.PENDING,
+    "in_progress": api.RUNNING,
+    "finalizing": api.RUNNING,
+    "completed": api.SUCCEEDED,
+    "failed": api.FAILED,
+    "expired": api.EXPIRED,
+    "cancelling": api.RUNNING,
+    "cancelled": api.CANCELLED,
 }
 TAG = "flashpipe_batch"  # metadata key holding the local batch id
 
@@ -52,21 +44,7 @@ class OpenAIBatchApi:
     ) -> HttpResponse:
         self.requests += 1
         headers = {"authorization": f"Bearer {self.key}", "content-type": content_type}
-        try:
-            resp = await self.t.request(method, f"{self.base}{path}", headers, body)
-        except TransportError as exc:
-            raise BatchApiError(f"{method} {path}: {exc}") from None
-        if resp.status != 200:
-            try:
-                err = orjson.loads(resp.body).get("error") or {}
-            except (orjson.JSONDecodeError, AttributeError):
-                err = {}
-            code = str(err.get("code") or err.get("type") or "")
-            what = f"{method} {path}: HTTP {resp.status} {code}: {err.get('message', '')}"
-            stop = resp.status in (401, 403) or code in STOP_CODES
-            bad = not stop and 400 <= resp.status < 500 and resp.status not in (408, 409, 429)
-            raise BatchApiError(what.strip(), stop=stop, bad=bad, status=resp.status)
-        return resp
+        return await send(self.t, method, f"{self.base}{path}", headers, body, openai_error)
 
     def line(self, key: str, request: bytes) -> bytes:
         return (
@@ -124,9 +102,9 @@ class OpenAIBatchApi:
             body = orjson.loads((await self._call("GET", f"/batches/{name}")).body)
         except BatchApiError as exc:
             if exc.status == 404:
-                return RemoteBatch(name, EXPIRED, "the provider no longer knows this batch")
+                return RemoteBatch(name, api.EXPIRED, "the provider no longer knows this batch")
             raise
-        state = STATES.get(str(body.get("status", "")), PENDING)
+        state = STATES.get(str(body.get("status", "")), api.PENDING)
         errors = (body.get("errors") or {}).get("data") or []
         error = None
         if errors:
@@ -141,13 +119,7 @@ class OpenAIBatchApi:
             if not file_id:
                 continue
             data = (await self._call("GET", f"/files/{file_id}/content")).body
-            for raw in data.splitlines():
-                if not raw.strip():
-                    continue
-                try:
-                    item = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue
+            for item in jsonl_items(data):
                 out[str(item.get("custom_id", ""))] = _reply(item)
         return out
 
@@ -161,7 +133,4 @@ def _reply(item: dict[str, Any]) -> Reply:
     raw = item.get("error") or (response or {}).get("body", {}).get("error") or {}
     err: dict[str, Any] = raw if isinstance(raw, dict) else {}
     status = int((response or {}).get("status_code") or 500)
-    what = f"HTTP {status} {err.get('code', '')}: {err.get('message', '')}".strip()
-    transient = status == 429 or status >= 500
-    cls = ErrorClass.TRANSIENT if transient else ErrorClass.BAD_REQUEST
-    return Reply(ReplyKind.ERROR, status, error_class=cls, error=what)
+    return line_error(status, openai_error(status, err, {}))

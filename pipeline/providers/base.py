@@ -2,11 +2,85 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
-from pipeline.core.reply import Prompt, Reply
+import orjson
+
+from pipeline.core.reply import Prompt, Reply, ReplyKind, Shape
 from pipeline.core.retry import ErrorClass
+from pipeline.core.usage import Usage
 from pipeline.transport import HttpResponse
+
+
+class PrefixEncoder:
+    """Owns the encoded request prefix a job's requests share: built once per (shape, output
+    cap, tier), so only the row's text is encoded per request. A provider subclass says how
+    the prefix is built (`head`) and what closes the body after the text (`tail`)."""
+
+    tail: bytes = b""
+
+    def __init__(self) -> None:
+        self._prefix: dict[tuple[int, int, str | None], bytes] = {}
+
+    def head(self, shape: Shape, max_tokens: int, tier: str | None) -> bytes:
+        """The body up to the opening quote of the row's text."""
+        raise NotImplementedError
+
+    def encode(self, prompt: Prompt, tier: str | None = None) -> bytes:
+        key = (id(prompt.shape), prompt.max_output_tokens, tier)
+        head = self._prefix.get(key)
+        if head is None:
+            head = self._prefix[key] = self.head(prompt.shape, prompt.max_output_tokens, tier)
+        return head + orjson.dumps(prompt.user) + self.tail
+
+
+@dataclass(frozen=True)
+class AnswerFields:
+    """Where a provider's 200 body keeps its usage, model version and response id.
+
+    Token counts are paths below `usage`. `output_has_thinking`: the output count includes the
+    thinking tokens (OpenAI's completion_tokens) instead of leaving them out (Gemini's
+    candidatesTokenCount). Both count cached tokens inside the prompt.
+    """
+
+    usage: str
+    prompt: tuple[str, ...]
+    cached: tuple[str, ...]
+    output: tuple[str, ...]
+    thinking: tuple[str, ...]
+    output_has_thinking: bool
+    version: str
+    response_id: str
+
+    def usage_of(self, raw: Any) -> Usage:
+        def count(path: tuple[str, ...]) -> int:
+            value = raw
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            return int(value or 0)
+
+        prompt, cached, output, thinking = (
+            count(self.prompt),
+            count(self.cached),
+            count(self.output),
+            count(self.thinking),
+        )
+        if self.output_has_thinking:
+            output = max(0, output - thinking)
+        return Usage(max(0, prompt - cached), cached, output, thinking)
+
+    def replies(self, body: dict[str, Any]) -> Callable[..., Reply]:
+        """Builds the Replies of one 200 answer with its usage, model version and id fixed."""
+        return partial(
+            Reply,
+            http_status=200,
+            usage=self.usage_of(body.get(self.usage)),
+            model_version=body.get(self.version),
+            response_id=body.get(self.response_id),
+        )
 
 
 class Provider(Protocol):
@@ -56,26 +130,120 @@ def parse_duration(value: str | None) -> float | None:
     return total if matched else None
 
 
-def google_capacity(status: int, error: dict[str, Any]) -> bool:
-    """503, or a bare 429 without a QuotaFailure: shared capacity ran out, not the key's quota."""
-    if status == 503:
-        return True
-    if status != 429:
-        return False
-    details = error.get("details") or []
-    return not any(
-        isinstance(d, dict) and str(d.get("@type", "")).endswith("QuotaFailure")
-        for d in (details if isinstance(details, list) else [])
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """What an error body says beyond its HTTP status, as a provider reads it.
+
+    `text`: the one-line error; `stop`: the body names a job-level refusal whatever the status
+    (an invalid key, a per-day quota, billing); `quota`: on a 429, whether it names a quota of
+    the key (False: shared capacity ran out); `retry_after`: the server's delay in seconds.
+    """
+
+    text: str
+    stop: bool = False
+    quota: bool = True
+    retry_after: float | None = None
+
+
+# (status, the body's error object, response headers) -> what the body says
+ErrorReader = Callable[[int, dict[str, Any], dict[str, str]], ErrorBody]
+
+
+def status_class(status: int) -> ErrorClass:
+    """The class an HTTP status gives on its own, the same for every provider and body.
+
+    A 200 that could not be read is transient (a cut connection). 401/403/404 refuse every row
+    alike (key, API, model or base URL), so the job stops. 408/409/5xx are retried, as both SDKs
+    do. Any other 4xx, and a 1xx/2xx/3xx that is not 200 (a redirect loop, a proxy's page),
+    fails the row: neither SDK retries them and sending again gets the same answer.
+    """
+    if status == 200:
+        return ErrorClass.TRANSIENT
+    if status == 429:
+        return ErrorClass.RATE_LIMITED
+    if status in (401, 403, 404):
+        return ErrorClass.STOP
+    if status in (408, 409) or status >= 500:
+        return ErrorClass.TRANSIENT
+    return ErrorClass.BAD_REQUEST
+
+
+def error_reply(status: int, said: ErrorBody) -> Reply:
+    """A failed call's Reply: the status's class, refined by what the body said."""
+    cls = ErrorClass.STOP if said.stop else status_class(status)
+    waits = cls in (ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT) or status == 429
+    return Reply(
+        ReplyKind.ERROR,
+        status,
+        error_class=cls,
+        error=said.text,
+        retry_after=said.retry_after if waits else None,
+        # 503, or a 429 that names no quota of the key: on a Flex call a refusal, not a limit
+        capacity=status == 503 or (status == 429 and not said.quota),
     )
 
 
-def google_error(status: int, error: dict[str, Any]) -> tuple[ErrorClass, str, float | None]:
-    """Classify a Google-shaped error object ({code, message, status, details})."""
+def error_object(body: Any) -> dict[str, Any]:
+    """The error object of a parsed error body: `{"error": {...}}`, or Gemini's OpenAI-compatible
+    endpoint's `[{"error": {...}}]`; anything else becomes `{"message": ...}`."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error: dict[str, Any] = body["error"]
+        return error
+    return {"message": str(body)[:200]}
+
+
+def classify_error(resp: HttpResponse, read: ErrorReader) -> Reply:
+    """Any answer but a readable 200 -> an error Reply (also used by the batch clients)."""
+    try:
+        body = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        text = f"HTTP {resp.status}: unparseable body ({len(resp.body)} bytes)"
+        return error_reply(resp.status, ErrorBody(text, quota=True))
+    if resp.status == 200:
+        return error_reply(200, ErrorBody("HTTP 200 with a body that is not a JSON object"))
+    return error_reply(resp.status, read(resp.status, error_object(body), resp.headers))
+
+
+def parse_reply(
+    resp: HttpResponse, read: ErrorReader, success: Callable[[dict[str, Any]], Reply]
+) -> Reply:
+    """The one path from an HTTP answer to a Reply: a 200 JSON object goes to the provider's
+    `success` parser, everything else through `classify_error`."""
+    if resp.status == 200:
+        try:
+            body = orjson.loads(resp.body)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict):
+            return success(body)
+    return classify_error(resp, read)
+
+
+def line_error(status: int, said: ErrorBody) -> Reply:
+    """One failed line of a provider batch: never stops the job, and a 429 in a batch's result
+    is about that batch, not the key's per-minute quota, so the row just goes again."""
+    reply = error_reply(status, said)
+    cls = reply.error_class
+    if cls is ErrorClass.STOP:
+        cls = ErrorClass.BAD_REQUEST
+    elif cls is ErrorClass.RATE_LIMITED:
+        cls = ErrorClass.TRANSIENT
+    return Reply(
+        ReplyKind.ERROR, status, error_class=cls, error=said.text, retry_after=reply.retry_after
+    )
+
+
+def google_error(status: int, error: dict[str, Any], headers: dict[str, str]) -> ErrorBody:
+    """Read a Google-shaped error object ({code, message, status, details}): Gemini, Vertex AI
+    and Gemini's OpenAI-compatible endpoint. The delay is RetryInfo.retryDelay (no header)."""
     message = str(error.get("message", ""))[:300]
     grpc_status = str(error.get("status", ""))
     details = error.get("details") or []
     reasons: set[str] = set()
     quota_ids: list[str] = []
+    quota_failure = False
     quota_zero = False
     retry_delay: float | None = None
     for d in details if isinstance(details, list) else []:
@@ -85,6 +253,7 @@ def google_error(status: int, error: dict[str, Any]) -> tuple[ErrorClass, str, f
         if kind.endswith("ErrorInfo"):
             reasons.add(str(d.get("reason", "")))
         elif kind.endswith("QuotaFailure"):
+            quota_failure = True
             for v in d.get("violations") or []:
                 if isinstance(v, dict):
                     quota_ids.append(str(v.get("quotaId", "")))
@@ -96,12 +265,7 @@ def google_error(status: int, error: dict[str, Any]) -> tuple[ErrorClass, str, f
         per_day = any("perday" in q.lower() for q in quota_ids)
         if per_day or quota_zero or ("billing" in message.lower() and not quota_ids):
             scope = "per-day quota" if per_day else "quota is 0 / billing"
-            return ErrorClass.STOP, f"{what} ({scope}; resume when the quota resets)", retry_delay
-        return ErrorClass.RATE_LIMITED, what, retry_delay
-    if status in (401, 403, 404):
-        return ErrorClass.STOP, what, None
-    if status == 400 and ("API_KEY_INVALID" in reasons or grpc_status == "FAILED_PRECONDITION"):
-        return ErrorClass.STOP, what, None
-    if status in (408, 409) or status >= 500:
-        return ErrorClass.TRANSIENT, what, retry_delay
-    return ErrorClass.BAD_REQUEST, what, None
+            what = f"{what} ({scope}; resume when the quota resets)"
+            return ErrorBody(what, stop=True, retry_after=retry_delay)
+    stop = status == 400 and ("API_KEY_INVALID" in reasons or grpc_status == "FAILED_PRECONDITION")
+    return ErrorBody(what, stop=stop, quota=quota_failure, retry_after=retry_delay)

@@ -6,10 +6,16 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.reply import Prompt, Reply, ReplyKind, Shape
+from pipeline.core.reply import Reply, ReplyKind, Shape
 from pipeline.core.retry import ErrorClass
-from pipeline.core.usage import Usage
-from pipeline.providers.base import google_capacity, google_error, parse_duration
+from pipeline.providers.base import (
+    AnswerFields,
+    ErrorBody,
+    PrefixEncoder,
+    google_error,
+    parse_duration,
+    parse_reply,
+)
 from pipeline.transport import HttpResponse
 
 STOP_CODES = {
@@ -18,17 +24,22 @@ STOP_CODES = {
     "invalid_api_key",
     "model_not_found",
 }
+# a 429 with one of these names the key's own per-minute limit; any other 429 is capacity
+QUOTA_CODES = {"rate_limit_exceeded", "tokens", "requests"}
 
 
-class OpenAIProvider:
+class OpenAIProvider(PrefixEncoder):
+    """The chat/completions wire format (OpenAI, gateways, Gemini's OpenAI-compatible API)."""
+
     api = "openai"
+    tail = b"}]}"
 
     def __init__(self, base_url: str, model: str, thinking: str, temperature: float):
+        super().__init__()
         self._url = f"{base_url}/chat/completions"
         self._model = model
         self._effort = thinking
         self._temperature = temperature
-        self._prefix: dict[tuple[int, int, str | None], bytes] = {}
 
     def url(self) -> str:
         return self._url
@@ -36,90 +47,45 @@ class OpenAIProvider:
     def headers(self, api_key: str) -> dict[str, str]:
         return {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
 
-    def _head(self, shape: Shape, max_tokens: int, tier: str | None = None) -> bytes:
-        key = (id(shape), max_tokens, tier)
-        head = self._prefix.get(key)
-        if head is None:
-            doc = {
-                "model": self._model,
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": shape.name, "strict": True, "schema": shape.schema},
-                },
-                "max_completion_tokens": max_tokens,
-                "reasoning_effort": self._effort,
-                "temperature": self._temperature,
-            }
-            if tier is not None:
-                doc["service_tier"] = tier
-            system = orjson.dumps({"role": "system", "content": shape.system})
-            head = (
-                orjson.dumps(doc)[:-1] + b',"messages":[' + system + b',{"role":"user","content":'
-            )
-            self._prefix[key] = head
-        return head
-
-    def encode(self, prompt: Prompt, tier: str | None = None) -> bytes:
-        return (
-            self._head(prompt.shape, prompt.max_output_tokens, tier)
-            + orjson.dumps(prompt.user)
-            + b"}]}"
-        )
+    def head(self, shape: Shape, max_tokens: int, tier: str | None) -> bytes:
+        doc = {
+            "model": self._model,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": shape.name, "strict": True, "schema": shape.schema},
+            },
+            "max_completion_tokens": max_tokens,
+            "reasoning_effort": self._effort,
+            "temperature": self._temperature,
+        }
+        if tier is not None:
+            doc["service_tier"] = tier
+        system = orjson.dumps({"role": "system", "content": shape.system})
+        return orjson.dumps(doc)[:-1] + b',"messages":[' + system + b',{"role":"user","content":'
 
     def parse(self, resp: HttpResponse) -> Reply:
-        try:
-            body = orjson.loads(resp.body)
-        except orjson.JSONDecodeError:
-            cls = ErrorClass.BAD_REQUEST if 400 <= resp.status < 429 else ErrorClass.TRANSIENT
-            if resp.status == 429:
-                cls = ErrorClass.RATE_LIMITED
-            return Reply(
-                ReplyKind.ERROR,
-                resp.status,
-                error_class=cls,
-                error=f"HTTP {resp.status}: unparseable body ({len(resp.body)} bytes)",
-            )
-        if resp.status != 200:
-            return _error_reply(resp, body)
-        if not isinstance(body, dict):
-            return Reply(
-                ReplyKind.ERROR,
-                200,
-                error_class=ErrorClass.TRANSIENT,
-                error="HTTP 200, not an object",
-            )
-        return parse_chat_completion(body)
+        return parse_reply(resp, openai_error, parse_chat_completion)
 
 
-def usage_of(raw: Any) -> Usage:
-    if not isinstance(raw, dict):
-        return Usage()
-    prompt = int(raw.get("prompt_tokens", 0) or 0)
-    completion = int(raw.get("completion_tokens", 0) or 0)
-    cached = int((raw.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0)
-    reasoning = int((raw.get("completion_tokens_details") or {}).get("reasoning_tokens", 0) or 0)
-    return Usage(
-        input=max(0, prompt - cached),
-        cached=cached,
-        output=max(0, completion - reasoning),
-        thinking=reasoning,
-    )
+ANSWER = AnswerFields(
+    usage="usage",
+    prompt=("prompt_tokens",),
+    cached=("prompt_tokens_details", "cached_tokens"),
+    output=("completion_tokens",),
+    thinking=("completion_tokens_details", "reasoning_tokens"),
+    output_has_thinking=True,
+    version="model",
+    response_id="id",
+)
 
 
 def parse_chat_completion(body: dict[str, Any]) -> Reply:
-    usage = usage_of(body.get("usage"))
-    version = body.get("model")
-    rid = body.get("id")
+    """A 200 chat.completion body -> Reply (shared by online calls and batch results)."""
+    say = ANSWER.replies(body)
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return Reply(
-            ReplyKind.ERROR,
-            200,
-            usage,
-            error_class=ErrorClass.TRANSIENT,
-            error="HTTP 200 without choices",
-            model_version=version,
-            response_id=rid,
+        return say(
+            ReplyKind.ERROR, error_class=ErrorClass.TRANSIENT, error="HTTP 200 without choices"
         )
     choice = choices[0]
     message = choice.get("message") or {}
@@ -127,82 +93,31 @@ def parse_chat_completion(body: dict[str, Any]) -> Reply:
     refusal = message.get("refusal")
     if refusal:
         block = {"reason": "refusal", "source": "message.refusal", "refusal": str(refusal)[:500]}
-        return Reply(
-            ReplyKind.BLOCKED,
-            200,
-            usage,
-            error=f"refusal: {str(refusal)[:200]}",
-            block=block,
-            model_version=version,
-            response_id=rid,
-        )
+        return say(ReplyKind.BLOCKED, error=f"refusal: {str(refusal)[:200]}", block=block)
     if finish == "content_filter":
         block = {"reason": "content_filter", "source": "finish_reason"}
-        return Reply(
-            ReplyKind.BLOCKED,
-            200,
-            usage,
-            error="answer blocked: finish_reason content_filter",
-            block=block,
-            model_version=version,
-            response_id=rid,
+        return say(
+            ReplyKind.BLOCKED, error="answer blocked: finish_reason content_filter", block=block
         )
     text = message.get("content") or ""
     if finish == "length":
-        return Reply(
-            ReplyKind.TRUNCATED,
-            200,
-            usage,
-            text=text,
-            error="answer cut off: finish_reason length",
-            model_version=version,
-            response_id=rid,
-        )
-    return Reply(ReplyKind.OK, 200, usage, text=text, model_version=version, response_id=rid)
+        return say(ReplyKind.TRUNCATED, text=text, error="answer cut off: finish_reason length")
+    return say(ReplyKind.OK, text=text)
 
 
-def _error_reply(resp: HttpResponse, body: Any) -> Reply:
-    status = resp.status
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        body = body[0]  # Gemini's OpenAI-compatible endpoint wraps errors in a list
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        error = {"message": str(body)[:200]}
+def openai_error(status: int, error: dict[str, Any], headers: dict[str, str]) -> ErrorBody:
+    """Read an OpenAI error object ({message, type, param, code}); the delay comes from the
+    headers. Gemini's OpenAI-compatible endpoint answers in Google's shape instead."""
     if "status" in error or "details" in error:
-        cls, what, delay = google_error(status, error)
-        return Reply(
-            ReplyKind.ERROR,
-            status,
-            error_class=cls,
-            error=what,
-            retry_after=delay,
-            capacity=google_capacity(status, error),
-        )
+        return google_error(status, error, headers)
     code = str(error.get("code") or error.get("type") or "")
     message = str(error.get("message", ""))[:300]
-    what = f"HTTP {status} {code}: {message}".strip()
-    delay = _retry_after(resp.headers)
-    if code in STOP_CODES or str(error.get("type")) in STOP_CODES or status in (401, 403, 404):
-        return Reply(ReplyKind.ERROR, status, error_class=ErrorClass.STOP, error=what)
-    if status == 429:
-        return Reply(
-            ReplyKind.ERROR,
-            status,
-            error_class=ErrorClass.RATE_LIMITED,
-            error=what,
-            retry_after=delay,
-            capacity=code not in ("rate_limit_exceeded", "tokens", "requests"),
-        )
-    if status in (408, 409) or status >= 500:
-        return Reply(
-            ReplyKind.ERROR,
-            status,
-            error_class=ErrorClass.TRANSIENT,
-            error=what,
-            retry_after=delay,
-            capacity=status == 503,
-        )
-    return Reply(ReplyKind.ERROR, status, error_class=ErrorClass.BAD_REQUEST, error=what)
+    return ErrorBody(
+        f"HTTP {status} {code}: {message}".strip(),
+        stop=code in STOP_CODES or str(error.get("type")) in STOP_CODES,
+        quota=code in QUOTA_CODES,
+        retry_after=_retry_after(headers),
+    )
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:

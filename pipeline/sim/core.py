@@ -88,6 +88,7 @@ class Req:
     vertex: bool = False  # came in on a Vertex AI path, with a bearer token
     token: str | None = None  # a fingerprint of that token (never the token)
     labels: dict[str, str] | None = None
+    context_cache: str | None = None  # the cachedContents name the request refers to
 
 
 @dataclass(slots=True)

@@ -62,6 +62,15 @@ def parse(body: Any, req: Req) -> None:
     system = get(body, "systemInstruction", "system_instruction")
     if system is not None:
         req.system = "\n".join(_texts(system, "system_instruction"))
+    cached = get(body, "cachedContent", "cached_content")
+    if cached is not None:
+        if system is not None:
+            raise BadRequest(
+                "CachedContent can not be used with GenerateContent request setting "
+                "system_instruction, tools or tool_config.\n\nProposed fix: move those values "
+                "to CachedContent from GenerateContent request."
+            )
+        req.context_cache = str(cached)
     tier = get(body, "serviceTier", "service_tier")
     if tier is not None:
         req.tier = str(tier).lower()

@@ -15,6 +15,7 @@ from pipeline.sim import chat, core, envelopes, gemini, reply, vertex
 from pipeline.sim.auth import Gate, Scheme, caller
 from pipeline.sim.batch_routes import Batches
 from pipeline.sim.config import Config
+from pipeline.sim.contexts import Contexts
 from pipeline.sim.core import BadRequest, Req, Result
 from pipeline.sim.faults import PROFILES, Picker
 from pipeline.sim.ledger import Ledger
@@ -53,6 +54,7 @@ class Sim:
         self.tokens = vertex.Tokens(cfg.token_seconds)
         self.gate = Gate(self.projects, self.tokens, cfg.key)
         self.batches = Batches(cfg, self.record, self.picker)
+        self.contexts = Contexts(self.projects, self.ledger)
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -66,6 +68,7 @@ class Sim:
             self.gate.add(r, "GET", f"/{v}/models", self.list_models, "either")
             r.add_get(f"/{v}/models/{{name}}", self.get_model)
         self.batches.routes(self.gate, r)
+        self.contexts.routes(self.gate, app)
         r.add_post("/token", self.token)
         for v in ("v1beta1", "v1"):
             path = f"/{v}/projects/{{project}}/locations/{{location}}/publishers/google/models"
@@ -126,6 +129,8 @@ class Sim:
             gemini.parse(body, req)
         except BadRequest as e:
             return self.bad_request(api, e)
+        if req.context_cache is not None and (refused := self.contexts.resolve(req)):
+            return reply.json(api, *refused)
         if method == "countTokens":
             total, _ = core.prompt_tokens(req)
             detail = [{"modality": "TEXT", "tokenCount": total}]
@@ -242,6 +247,8 @@ class Sim:
         return reply.json(req.api, 503, body)
 
     def _cached(self, req: Req) -> int:
+        if req.context_cache is not None:
+            return self.contexts.cached_tokens(req)
         _, system = core.prompt_tokens(req)
         if system < self.cfg.cache_min_tokens or system == 0:
             return 0
