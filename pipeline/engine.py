@@ -762,11 +762,7 @@ async def run_job(
             except FlashpipeError:
                 run = None  # nothing was sent: the job stopped, resumable
                 raise
-        shape = packed_shape(run.task) if spec.limits.rows_per_request > 1 else run.task.shape
-        provider = run.online.client.provider
-        cache = context_cache.for_run(
-            spec, shape.system, transport, auth.headers, provider, run.request_stop
-        )
+        cache = _context_cache(run, transport, auth)
         with fewer_gc_passes():
             try:
                 async with cache:  # created before the first request, deleted after the last
@@ -782,6 +778,16 @@ async def run_job(
         await _close(run, thread, journal, failed, (db_path, bill))
     assert run is not None
     return run.summary(time.monotonic() - started)
+
+
+def _context_cache(run: JobRun, transport: Transport, auth: Auth) -> context_cache.RunCache:
+    """The run's explicit context cache of the instructions (a no-op unless the job asks)."""
+    spec, task = run.spec, run.task
+    shape = packed_shape(task) if spec.limits.rows_per_request > 1 else task.shape
+    provider = run.online.client.provider
+    return context_cache.for_run(
+        spec, shape.system, transport, auth.headers, provider, run.request_stop
+    )
 
 
 async def _start_ray(run: JobRun) -> None:
