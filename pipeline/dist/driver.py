@@ -5,8 +5,13 @@ that dies.
 Each worker slot has a feeder (packs in, at most `2 x concurrency` rows outstanding) and a
 drainer (outcomes out). A row stays outstanding until a final result for it has been drained;
 when a worker dies, its outstanding rows go back to the queue and another worker sends them.
-Calls it had answered but not yet handed back, and its calls in flight, are the only unknowns:
-each at most its concurrency, reported as rows that may have been paid twice.
+Its calls in flight and the answers it had not yet handed back are the only unknowns: together
+at most its concurrency (a worker's task sends again only once the driver has its answer), and
+reported as rows that may have been paid twice.
+
+A capped budget stays the driver's: a `BudgetHolder` grants each worker blocks of it with the
+answer to its drains, and a worker's calls spend only what it was granted, so the workers
+together cannot be billed past `budget.max_usd` (see pipeline.budget).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import KeyAuth
+from pipeline.budget import NO_ANSWER, BudgetHolder
 from pipeline.dispatch import Outcome
 from pipeline.dist import require_ray
 from pipeline.dist.broker import QuotaBroker
@@ -56,6 +62,7 @@ class Slot:
     outstanding: dict[str, Row] = field(default_factory=dict)
     generation: int = 0
     alive: bool = False
+    worker_no: int = 0  # the live actor's number: unique across the run's replacements
 
 
 class RayRun:
@@ -78,6 +85,10 @@ class RayRun:
         self.stats: list[dict[str, Any]] = []
         self.doc: dict[str, Any] = {}
         self.ours = False  # this run started (or joined) Ray, and disconnects at the end
+        # a worker asks for a block of budget worth about its concurrency of calls
+        self.holder = (
+            BudgetHolder(run.budget, self.concurrency) if run.budget.cap is not None else None
+        )
 
     # -- set-up --------------------------------------------------------------------------------
     def start(self, run_no: int) -> int:
@@ -120,9 +131,18 @@ class RayRun:
     def _spawn(self, slot: Slot) -> None:
         slot.generation += 1
         no = slot.no + 100 * (slot.generation - 1)
+        slot.worker_no = no
         slot.actor = self.worker_cls.options(
             num_cpus=self.cpus_each, max_restarts=0, scheduling_strategy="SPREAD"
-        ).remote(self.doc, self.pools, self.brokers, self.run_no, self.concurrency, no)
+        ).remote(
+            self.doc,
+            self.pools,
+            self.brokers,
+            self.run_no,
+            self.concurrency,
+            no,
+            capped=self.holder is not None,
+        )
         slot.run_ref = slot.actor.run.remote()
         slot.alive = True
 
@@ -139,13 +159,15 @@ class RayRun:
             return
         slot.alive = False
         self.deaths += 1
+        if self.holder is not None:
+            self.holder.lost(slot.worker_no)
         rows = list(slot.outstanding.values())
         slot.outstanding.clear()
         for pack in _chunks(rows, self.per_request):
             self.requeue.append(pack)
-        # its answered calls not yet drained (at most `concurrency`) and its calls in flight
-        # (at most `concurrency`): the only calls that can have been paid for and lost
-        bound = min(len(rows), 2 * self.concurrency * self.per_request)
+        # its calls in flight and its answers not yet drained, together at most `concurrency`
+        # calls: the only calls that can have been paid for and lost
+        bound = min(len(rows), self.concurrency * self.per_request)
         self.unknown_bound += bound
         log.warning(
             "worker %d lost (%s): %d rows sent again; at most %d may have been paid twice",
@@ -233,9 +255,11 @@ class RayRun:
         self, slot: Slot, out: ObjectSendStream[Outcome | ResultRecord], scope: anyio.CancelScope
     ) -> None:
         ray = self.ray
+        holder = self.holder
+        answer = NO_ANSWER
         while True:
             try:
-                outcomes, stop, done = await slot.actor.drain.remote()
+                outcomes, stop, done, share = await slot.actor.drain.remote(answer)
             except ray.exceptions.RayActorError as exc:
                 self._lost(slot, type(exc).__name__)
                 scope.cancel()
@@ -245,6 +269,11 @@ class RayRun:
                 await out.send(outcome)
                 for result in outcome.results:
                     slot.outstanding.pop(result.row_id, None)
+            if holder is not None and share is not None:
+                if done:
+                    holder.finished(slot.worker_no, share)
+                else:
+                    answer = holder.answer(slot.worker_no, share)
             if stop is not None:
                 self.run.request_stop(*stop)
             if self.run.stopping():
@@ -263,12 +292,9 @@ class RayRun:
                 return
 
     def _charge(self, outcome: Outcome) -> None:
-        """The budget is the driver's: workers run uncapped and the driver stops them once the
-        cap is reached (overshoot: the calls in flight at that moment)."""
-        budget = self.run.budget
-        budget.spent += outcome.call.cost_usd
-        if budget.cap is not None and budget.spent >= budget.cap:
-            self.run.request_stop("budget", "budget.max_usd reached")
+        """What the job has spent, as the driver learns it (progress and the stop message);
+        the cap is held by the holder's grants, not here."""
+        self.run.budget.spent += outcome.call.cost_usd
 
     def shutdown(self) -> None:
         for actor in [s.actor for s in self.slots if s.actor is not None] + self.brokers:
