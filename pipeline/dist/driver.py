@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -34,7 +35,7 @@ from pipeline.dist.broker import QuotaBroker
 from pipeline.dist.rows import encode_packs
 from pipeline.dist.worker import LaneWorker
 from pipeline.errors import SpecError, UsageError
-from pipeline.pools import PoolSpec
+from pipeline.pools import DAY, PoolSpec, quota_day
 from pipeline.sources import Row
 from pipeline.store import ResultRecord
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flashpipe")
 
 DEFAULT_CONCURRENCY = 64  # per worker, with limits.concurrency = "auto"
+DEFAULT_POOL = "default"  # the job's one key, when it lists no [[provider.pool]]
 MAX_REPLACEMENTS = 8  # dead workers replaced per run; past that the others carry on
 SPAWN_SECONDS = 60.0  # a replacement not running by then is given up (no room in the cluster)
 
@@ -51,7 +53,7 @@ SPAWN_SECONDS = 60.0  # a replacement not running by then is given up (no room i
 def default_pool(run: JobRun) -> PoolSpec:
     spec = run.spec
     lim = spec.limits
-    return PoolSpec("default", (spec.provider.api_key_env,), lim.rpm, lim.tpm, lim.rpd)
+    return PoolSpec(DEFAULT_POOL, (spec.provider.api_key_env,), lim.rpm, lim.tpm, lim.rpd)
 
 
 @dataclass
@@ -85,6 +87,8 @@ class RayRun:
         self.stats: list[dict[str, Any]] = []
         self.doc: dict[str, Any] = {}
         self.ours = False  # this run started (or joined) Ray, and disconnects at the end
+        self.sent_today: dict[str, int] = {}  # per pool: calls stored since the quota day began
+        self.day_left = DAY
         # a worker asks for a block of budget worth about its concurrency of calls
         self.holder = (
             BudgetHolder(run.budget, self.concurrency) if run.budget.cap is not None else None
@@ -108,7 +112,7 @@ class RayRun:
                 max_restarts=-1,
                 max_task_retries=-1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
-            ).remote(pool)
+            ).remote(pool, self.sent_today.get(pool.name, 0), self.day_left)
             for pool in self.pools
         ]
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -256,24 +260,31 @@ class RayRun:
     ) -> None:
         ray = self.ray
         holder = self.holder
-        answer = NO_ANSWER
+        pending = slot.actor.drain.remote(NO_ANSWER)
         while True:
             try:
-                outcomes, stop, done, share = await slot.actor.drain.remote(answer)
+                outcomes, stop, done, share = await pending
             except ray.exceptions.RayActorError as exc:
                 self._lost(slot, type(exc).__name__)
                 scope.cancel()
                 return
+            # before anything can yield: a death noticed meanwhile must not re-send these rows
             for outcome in outcomes:
-                self._charge(outcome)
-                await out.send(outcome)
                 for result in outcome.results:
                     slot.outstanding.pop(result.row_id, None)
+            answer = NO_ANSWER
             if holder is not None and share is not None:
                 if done:
                     holder.finished(slot.worker_no, share)
                 else:
                     answer = holder.answer(slot.worker_no, share)
+            if not done:
+                # the next drain tells the worker the driver has these answers: its tasks
+                # send again while the answers go on to the writer
+                pending = slot.actor.drain.remote(answer)
+            for outcome in outcomes:
+                self._charge(outcome)
+                await out.send(outcome)
             if stop is not None:
                 self.run.request_stop(*stop)
             if self.run.stopping():
@@ -347,6 +358,7 @@ async def start_on_ray(run: JobRun) -> RayRun:
     runs: an error here (no Ray, no cluster, a key missing on a node) is one line, nothing sent."""
     ray = require_ray()
     ray_run = RayRun(run, ray)
+    ray_run.sent_today, ray_run.day_left = await sent_today(run, ray_run.pools)
     ray_run.ours = await anyio.to_thread.run_sync(connect, ray, run.spec.engine.address, run)
     try:
         n = await anyio.to_thread.run_sync(ray_run.start, run.run_no)
@@ -356,6 +368,33 @@ async def start_on_ray(run: JobRun) -> RayRun:
         raise
     log.info("running on %d Ray workers", n)
     return ray_run
+
+
+async def sent_today(run: JobRun, pools: Sequence[PoolSpec]) -> tuple[dict[str, int], float]:
+    """Requests stored since the per-day quota's day began, per pool with a per-day quota, and
+    the seconds left in that day. A pool named for its project counts every job's calls in
+    this store (the quota is the project's); the default pool counts this job's."""
+    start, left = quota_day(datetime.now(UTC))
+    counted = [p.name for p in pools if p.rpd > 0]
+    if not counted:
+        return {}, left
+    job = run.spec.name
+    wanted = " OR ".join(
+        f"(pool = {_quoted(name)}"
+        + (f" AND job = {_quoted(job)})" if name == DEFAULT_POOL else ")")
+        for name in counted
+    )
+    sql = (
+        "SELECT pool, count(*) AS n FROM calls WHERE started_at >= "
+        f"TIMESTAMPTZ '{start.isoformat()}' AND ({wanted}) GROUP BY pool"
+    )
+    table = await run.store.run(run.store.store.query_arrow, sql)
+    rows = table.to_pylist()
+    return {str(r["pool"]): int(r["n"]) for r in rows}, left
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 async def _shutdown(ray_run: RayRun) -> None:

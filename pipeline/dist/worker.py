@@ -95,6 +95,7 @@ class LaneWorker:
                 pool_headers(pool, provider.headers),
                 time.monotonic,
                 _broker_push(broker),
+                worker=self.worker_no,
             )
             for pool, broker in zip(self.pools, self.brokers, strict=True)
         ]
@@ -214,6 +215,8 @@ class LaneWorker:
                 self._unsent = anyio.Event()
                 with anyio.move_on_after(0.01):  # `done` and the budget have no event
                     await self._unsent.wait()
+        if self.flow is not None:
+            self.flow.release_stale()
         out, self.outcomes = self.outcomes, []
         self._handed, self._next = self._next, anyio.Event()
         done = self.done and not self.outcomes
