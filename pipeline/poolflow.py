@@ -15,7 +15,7 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 
@@ -52,8 +52,10 @@ class PoolClient:
         headers: Sequence[dict[str, str]],
         clock: Clock,
         push: Push | None = None,
+        worker: int = 0,
     ) -> None:
         self.name = name
+        self.worker = worker
         self._lease = lease
         self._push = push
         self._headers = itertools.cycle(list(headers))
@@ -109,6 +111,13 @@ class PoolClient:
                 return left
             return await self._call(WANT, est_tokens)
 
+    def release_stale(self) -> None:
+        """Stock past its time goes back now, not with a next lease that may never come: an
+        idle worker's stock would otherwise hold the pool's per-day count from the others."""
+        if self.stock and self._clock() >= self._stock_until:
+            self._expire()
+            self._push_now()
+
     async def flush(self) -> None:
         """Report what is pending without leasing (at the end of a work item, on a 429)."""
         async with self._lock:
@@ -116,9 +125,13 @@ class PoolClient:
             if not self._r.empty:
                 await self._call(0, 0)
 
-    async def _call(self, want: int, est_tokens: int) -> float:
-        report = self._r.report(self._clock())
+    def _report(self) -> Report:
+        report = replace(self._r.report(self._clock()), worker=self.worker, sent_total=self.sent)
         self._r = _Pending()
+        return report
+
+    async def _call(self, want: int, est_tokens: int) -> float:
+        report = self._report()
         self.leases += 1
         grant = await self._lease(want, est_tokens, report)
         self.rpm = grant.rpm
@@ -160,8 +173,7 @@ class PoolClient:
 
     def _push_now(self) -> None:
         if self._push is not None:
-            report = self._r.report(self._clock())
-            self._r = _Pending()
+            report = self._report()
             self.leases += 1  # a call to the pool all the same
             self._push(report)
 
@@ -269,6 +281,10 @@ class PooledFlow:
     async def flush(self) -> None:
         for pool in self.pools:
             await pool.flush()
+
+    def release_stale(self) -> None:
+        for pool in self.pools:
+            pool.release_stale()
 
     @property
     def current_rpm(self) -> float | None:

@@ -16,8 +16,11 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import time as dtime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.errors import SpecError
 from pipeline.limits import PACING, AcceptedRate, Aimd, Clock, CooldownGate, TokenBucket
@@ -26,6 +29,19 @@ BLOCK_SECONDS = 0.25  # a lease is at most this much of the pool's rate
 STOCK_SECONDS = 0.5  # leased capacity not used within this long goes back (a gate may close)
 BOOK_AHEAD = 1.0  # blocks are booked at most this far ahead of the pool's rate
 DAY = 86_400.0
+
+
+def quota_day(now: datetime) -> tuple[datetime, float]:
+    """When the per-day quota's day began, and the seconds left in it. Gemini's per-day
+    quotas turn at midnight Pacific time."""
+    try:
+        pacific: tzinfo = ZoneInfo("America/Los_Angeles")
+    except ZoneInfoNotFoundError:  # no time-zone database: Pacific standard time
+        pacific = timezone(timedelta(hours=-8))
+    here = now.astimezone(pacific)
+    start = datetime.combine(here.date(), dtime(0), tzinfo=pacific)
+    end = datetime.combine(here.date() + timedelta(days=1), dtime(0), tzinfo=pacific)
+    return start, (end - here).total_seconds()
 
 
 class PoolState(enum.Enum):
@@ -99,10 +115,14 @@ class Report:
     retry_delay: float | None = None  # the longest server retry delay among those 429s
     limited_age: float = 0.0  # seconds since the last of those 429s (a report may come late)
     benched: str | None = None  # a stop (per-day quota, billing, bad key) seen with this pool
+    # who reports, and every request it has sent with the pool so far: a broker restarted
+    # mid-run learns the day's count again from its workers' next reports
+    worker: int = 0
+    sent_total: int = 0
 
     @property
     def empty(self) -> bool:
-        return self == _NOTHING
+        return replace(self, worker=0, sent_total=0) == _NOTHING
 
 
 _NOTHING = Report()
@@ -165,6 +185,7 @@ class QuotaPolicy:
         clock: Clock,
         *,
         sent_today: int = 0,
+        day_left: float = DAY,
         block_seconds: float = BLOCK_SECONDS,
     ):
         self.spec = spec
@@ -180,8 +201,13 @@ class QuotaPolicy:
         self.accepted = AcceptedRate()
         self.state = PoolState.ACTIVE
         self.reason: str | None = None
-        self.sent_today = sent_today
-        self._day_start = clock()
+        # the day's requests: those sent before this policy began (the store's count), those
+        # its reporters sent (each one's running total), those reported without one
+        self._before = sent_today
+        self._by_worker: dict[int, int] = {}
+        self._untold = 0
+        self._day_offset = 0  # what was counted before the quota day last turned
+        self._day_end = clock() + day_left
         self._outstanding = 0  # leased and not yet reported sent or unused
         self._last_pressure = -math.inf
         self.leases = 0
@@ -195,9 +221,14 @@ class QuotaPolicy:
         if r.token_correction and self.tokens is not None:
             self.tokens.refund(r.token_correction)
         self._outstanding = max(0, self._outstanding - r.sent - r.unused_requests)
-        if now - self._day_start >= DAY:
-            self._day_start, self.sent_today = now, 0
-        self.sent_today += r.sent
+        if now >= self._day_end:
+            self._day_offset += self.sent_today
+            self._day_end = now + DAY
+        if r.sent_total:
+            total = max(self._by_worker.get(r.worker, 0), r.sent_total)
+            self._by_worker[r.worker] = total
+        else:
+            self._untold += r.sent
         if r.ok or r.limited:
             self.pressure.record(r.ok, r.limited, r.limited_age if r.limited else 0.0)
         if self.aimd is not None:
@@ -235,7 +266,7 @@ class QuotaPolicy:
         """Up to `want_requests` requests (at most one block), each with `tokens_each` estimated
         tokens, or the seconds to wait before asking again."""
         self.leases += 1
-        if not report.empty:
+        if report != _NOTHING:  # an empty report still says how many its worker sent today
             self.report(report)
         rpm = self.aimd.current if self.aimd is not None else None
         if self.state is PoolState.BENCHED:
@@ -289,6 +320,10 @@ class QuotaPolicy:
     @property
     def current_rpm(self) -> float | None:
         return self.aimd.current if self.aimd is not None else None
+
+    @property
+    def sent_today(self) -> int:
+        return self._before + self._untold + sum(self._by_worker.values()) - self._day_offset
 
 
 def _bucket(per_minute: int, clock: Clock) -> TokenBucket | None:

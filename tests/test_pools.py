@@ -6,6 +6,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import orjson
 import pytest
 
 from pipeline.errors import ProviderStop, SpecError, UsageError
-from pipeline.pools import PoolSpec, PoolState, QuotaPolicy, Report, group_pools
+from pipeline.pools import PoolSpec, PoolState, QuotaPolicy, Report, group_pools, quota_day
 from pipeline.simproc import SimProcess
 from pipeline.store import Store
 from tests.support import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
@@ -148,6 +149,40 @@ def test_the_per_day_quota_benches_the_pool() -> None:
         got += g.requests
         policy.report(Report(sent=g.requests))
     assert got == 5 and "per-day quota of 5" in (g.reason or "")
+
+
+def test_a_policy_started_again_learns_the_days_count_from_its_workers_totals() -> None:
+    clock = Clock()
+    spec = PoolSpec("p", ("K",), rpd=30)
+    first = QuotaPolicy(spec, clock, sent_today=4)  # 4 stored today before the run
+    for worker, total in ((1, 6), (2, 9), (1, 10), (1, 10)):  # a report seen twice counts once
+        first.report(Report(sent=1, worker=worker, sent_total=total))
+    assert first.sent_today == 4 + 10 + 9
+    again = QuotaPolicy(spec, clock, sent_today=4)  # a restarted broker: the run's start count
+    again.lease(1, 1, Report(worker=1, sent_total=10))  # each worker's next lease says it all
+    again.lease(1, 1, Report(worker=2, sent_total=9))
+    assert again.sent_today == 4 + 10 + 9
+    grant = again.lease(256, 1, Report(worker=1, sent_total=10))
+    assert grant.requests == 30 - 23 - 2  # two leased above are still out
+
+
+def test_the_days_count_starts_again_when_the_quota_day_turns() -> None:
+    clock = Clock()
+    policy = QuotaPolicy(PoolSpec("p", ("K",), rpd=30), clock, sent_today=25, day_left=60.0)
+    policy.report(Report(sent=3, worker=1, sent_total=3))
+    assert policy.sent_today == 28
+    clock.now += 61
+    policy.report(Report(sent=2, worker=1, sent_total=5))
+    assert policy.sent_today == 2
+
+
+def test_the_quota_day_turns_at_midnight_pacific() -> None:
+    summer = datetime(2026, 7, 1, 10, 0, tzinfo=UTC)  # 03:00 PDT
+    start, left = quota_day(summer)
+    assert start == datetime(2026, 7, 1, 7, 0, tzinfo=UTC) and left == 21 * 3600
+    winter = datetime(2026, 12, 2, 7, 30, tzinfo=UTC)  # 23:30 PST the day before
+    start, left = quota_day(winter)
+    assert start == datetime(2026, 12, 1, 8, 0, tzinfo=UTC) and left == 30 * 60
 
 
 def test_a_refusal_reported_by_a_worker_benches_the_pool_for_all() -> None:

@@ -5,8 +5,13 @@ that dies.
 Each worker slot has a feeder (packs in, at most `2 x concurrency` rows outstanding) and a
 drainer (outcomes out). A row stays outstanding until a final result for it has been drained;
 when a worker dies, its outstanding rows go back to the queue and another worker sends them.
-Calls it had answered but not yet handed back, and its calls in flight, are the only unknowns:
-each at most its concurrency, reported as rows that may have been paid twice.
+Its calls in flight and the answers it had not yet handed back are the only unknowns: together
+at most its concurrency (a worker's task sends again only once the driver has its answer), and
+reported as rows that may have been paid twice.
+
+A capped budget stays the driver's: a `BudgetHolder` grants each worker blocks of it with the
+answer to its drains, and a worker's calls spend only what it was granted, so the workers
+together cannot be billed past `budget.max_usd` (see pipeline.budget).
 """
 
 from __future__ import annotations
@@ -14,23 +19,23 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import KeyAuth
-from pipeline.core.records import Outcome, StopReason
+from pipeline.budget import NO_ANSWER, BudgetHolder
+from pipeline.core.records import Outcome, ResultRecord, Row, StopReason
 from pipeline.dist import require_ray
 from pipeline.dist.broker import QuotaBroker
 from pipeline.dist.rows import encode_packs
 from pipeline.dist.worker import LaneWorker
 from pipeline.errors import SpecError, UsageError
-from pipeline.pools import PoolSpec
-from pipeline.core.records import Row
-from pipeline.core.records import ResultRecord
+from pipeline.pools import DAY, PoolSpec, quota_day
 
 if TYPE_CHECKING:
     from pipeline.engine import JobRun
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flashpipe")
 
 DEFAULT_CONCURRENCY = 64  # per worker, with limits.concurrency = "auto"
+DEFAULT_POOL = "default"  # the job's one key, when it lists no [[provider.pool]]
 MAX_REPLACEMENTS = 8  # dead workers replaced per run; past that the others carry on
 SPAWN_SECONDS = 60.0  # a replacement not running by then is given up (no room in the cluster)
 
@@ -45,7 +51,7 @@ SPAWN_SECONDS = 60.0  # a replacement not running by then is given up (no room i
 def default_pool(run: JobRun) -> PoolSpec:
     spec = run.spec
     lim = spec.limits
-    return PoolSpec("default", (spec.provider.api_key_env,), lim.rpm, lim.tpm, lim.rpd)
+    return PoolSpec(DEFAULT_POOL, (spec.provider.api_key_env,), lim.rpm, lim.tpm, lim.rpd)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Slot:
     outstanding: dict[str, Row] = field(default_factory=dict)
     generation: int = 0
     alive: bool = False
+    worker_no: int = 0  # the live actor's number: unique across the run's replacements
 
 
 class RayRun:
@@ -78,6 +85,12 @@ class RayRun:
         self.stats: list[dict[str, Any]] = []
         self.doc: dict[str, Any] = {}
         self.ours = False  # this run started (or joined) Ray, and disconnects at the end
+        self.sent_today: dict[str, int] = {}  # per pool: calls stored since the quota day began
+        self.day_left = DAY
+        # a worker asks for a block of budget worth about its concurrency of calls
+        self.holder = (
+            BudgetHolder(run.budget, self.concurrency) if run.budget.cap is not None else None
+        )
 
     # -- set-up --------------------------------------------------------------------------------
     def start(self, run_no: int) -> int:
@@ -97,7 +110,7 @@ class RayRun:
                 max_restarts=-1,
                 max_task_retries=-1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
-            ).remote(pool)
+            ).remote(pool, self.sent_today.get(pool.name, 0), self.day_left)
             for pool in self.pools
         ]
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -120,9 +133,18 @@ class RayRun:
     def _spawn(self, slot: Slot) -> None:
         slot.generation += 1
         no = slot.no + 100 * (slot.generation - 1)
+        slot.worker_no = no
         slot.actor = self.worker_cls.options(
             num_cpus=self.cpus_each, max_restarts=0, scheduling_strategy="SPREAD"
-        ).remote(self.doc, self.pools, self.brokers, self.run_no, self.concurrency, no)
+        ).remote(
+            self.doc,
+            self.pools,
+            self.brokers,
+            self.run_no,
+            self.concurrency,
+            no,
+            capped=self.holder is not None,
+        )
         slot.run_ref = slot.actor.run.remote()
         slot.alive = True
 
@@ -139,13 +161,15 @@ class RayRun:
             return
         slot.alive = False
         self.deaths += 1
+        if self.holder is not None:
+            self.holder.lost(slot.worker_no)
         rows = list(slot.outstanding.values())
         slot.outstanding.clear()
         for pack in _chunks(rows, self.per_request):
             self.requeue.append(pack)
-        # its answered calls not yet drained (at most `concurrency`) and its calls in flight
-        # (at most `concurrency`): the only calls that can have been paid for and lost
-        bound = min(len(rows), 2 * self.concurrency * self.per_request)
+        # its calls in flight and its answers not yet drained, together at most `concurrency`
+        # calls: the only calls that can have been paid for and lost
+        bound = min(len(rows), self.concurrency * self.per_request)
         self.unknown_bound += bound
         log.warning(
             "worker %d lost (%s): %d rows sent again; at most %d may have been paid twice",
@@ -233,18 +257,32 @@ class RayRun:
         self, slot: Slot, out: ObjectSendStream[Outcome | ResultRecord], scope: anyio.CancelScope
     ) -> None:
         ray = self.ray
+        holder = self.holder
+        pending = slot.actor.drain.remote(NO_ANSWER)
         while True:
             try:
-                outcomes, stop, done = await slot.actor.drain.remote()
+                outcomes, stop, done, share = await pending
             except ray.exceptions.RayActorError as exc:
                 self._lost(slot, type(exc).__name__)
                 scope.cancel()
                 return
+            # before anything can yield: a death noticed meanwhile must not re-send these rows
+            for outcome in outcomes:
+                for result in outcome.results:
+                    slot.outstanding.pop(result.row_id, None)
+            answer = NO_ANSWER
+            if holder is not None and share is not None:
+                if done:
+                    holder.finished(slot.worker_no, share)
+                else:
+                    answer = holder.answer(slot.worker_no, share)
+            if not done:
+                # the next drain tells the worker the driver has these answers: its tasks
+                # send again while the answers go on to the writer
+                pending = slot.actor.drain.remote(answer)
             for outcome in outcomes:
                 self._charge(outcome)
                 await out.send(outcome)
-                for result in outcome.results:
-                    slot.outstanding.pop(result.row_id, None)
             if stop is not None:
                 self.run.request_stop(StopReason(stop[0]), stop[1])
             if self.run.stopping():
@@ -263,12 +301,9 @@ class RayRun:
                 return
 
     def _charge(self, outcome: Outcome) -> None:
-        """The budget is the driver's: workers run uncapped and the driver stops them once the
-        cap is reached (overshoot: the calls in flight at that moment)."""
-        budget = self.run.budget
-        budget.spent += outcome.call.cost_usd
-        if budget.cap is not None and budget.spent >= budget.cap:
-            self.run.request_stop(StopReason.BUDGET, "budget.max_usd reached")
+        """What the job has spent, as the driver learns it (progress and the stop message);
+        the cap is held by the holder's grants, not here."""
+        self.run.budget.spent += outcome.call.cost_usd
 
     def shutdown(self) -> None:
         for actor in [s.actor for s in self.slots if s.actor is not None] + self.brokers:
@@ -321,6 +356,7 @@ async def start_on_ray(run: JobRun) -> RayRun:
     runs: an error here (no Ray, no cluster, a key missing on a node) is one line, nothing sent."""
     ray = require_ray()
     ray_run = RayRun(run, ray)
+    ray_run.sent_today, ray_run.day_left = await sent_today(run, ray_run.pools)
     ray_run.ours = await anyio.to_thread.run_sync(connect, ray, run.spec.engine.address, run)
     try:
         n = await anyio.to_thread.run_sync(ray_run.start, run.run_no)
@@ -330,6 +366,33 @@ async def start_on_ray(run: JobRun) -> RayRun:
         raise
     log.info("running on %d Ray workers", n)
     return ray_run
+
+
+async def sent_today(run: JobRun, pools: Sequence[PoolSpec]) -> tuple[dict[str, int], float]:
+    """Requests stored since the per-day quota's day began, per pool with a per-day quota, and
+    the seconds left in that day. A pool named for its project counts every job's calls in
+    this store (the quota is the project's); the default pool counts this job's."""
+    start, left = quota_day(datetime.now(UTC))
+    counted = [p.name for p in pools if p.rpd > 0]
+    if not counted:
+        return {}, left
+    job = run.spec.name
+    wanted = " OR ".join(
+        f"(pool = {_quoted(name)}"
+        + (f" AND job = {_quoted(job)})" if name == DEFAULT_POOL else ")")
+        for name in counted
+    )
+    sql = (
+        "SELECT pool, count(*) AS n FROM calls WHERE started_at >= "
+        f"TIMESTAMPTZ '{start.isoformat()}' AND ({wanted}) GROUP BY pool"
+    )
+    table = await run.store.run(run.store.store.query_arrow, sql)
+    rows = table.to_pylist()
+    return {str(r["pool"]): int(r["n"]) for r in rows}, left
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 async def _shutdown(ray_run: RayRun) -> None:

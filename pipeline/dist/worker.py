@@ -4,6 +4,13 @@ the pools' brokers. Results and call records wait here until the driver drains t
 
 The driver owns the actor's life: `run()` is one long call that lasts until `close()` (no more
 work) and the last pack is done; `drain()` returns what finished since the last drain.
+
+A task that handed over an answer waits until the driver has it (its next `drain()` call) before
+it sends again, so a worker's calls in flight and its answers not yet at the driver are
+together at most its concurrency: all a dead worker can have had paid for and lost.
+
+With a capped budget the worker spends from its share (`ShareBudget`): blocks the driver grants
+with its answer to each drain, so the budget costs no call of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import pyarrow as pa
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pipeline.budget import Budget
+from pipeline.budget import NO_ANSWER, Budget, ShareAnswer, ShareBudget, ShareReport
 from pipeline.catalog import model_limits
 from pipeline.core.breaker import Breaker, BreakerConfig
 from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing
@@ -45,6 +52,7 @@ class LaneWorker:
         run_no: int,
         concurrency: int,
         worker_no: int,
+        capped: bool = False,
     ):
         self.spec = load_spec(document=doc)
         self.pools = list(pools)
@@ -57,7 +65,11 @@ class LaneWorker:
         self.stopping = False
         self.done = False
         self._ready: anyio.Event | None = None
-        self._drained: anyio.Event | _SetEvent = _SetEvent()
+        # the driver holds the budget; a capped one is spent here in shares it grants
+        self.budget: Budget = ShareBudget() if capped else Budget(None)
+        self._unsent: anyio.Event | None = None  # set when answers wait to be drained
+        self._handed: anyio.Event | None = None  # set when the driver has the last drain's
+        self._next: anyio.Event | None = None  # ...and the answers since
         self._send: MemoryObjectSendStream[list[Row]] | None = None
         self._recv: MemoryObjectReceiveStream[list[Row]] | None = None
         self.flow: PooledFlow | None = None
@@ -85,6 +97,7 @@ class LaneWorker:
                 pool_headers(pool, provider.headers),
                 time.monotonic,
                 _broker_push(broker),
+                worker=self.worker_no,
             )
             for pool, broker in zip(self.pools, self.brokers, strict=True)
         ]
@@ -93,7 +106,7 @@ class LaneWorker:
         limit_s = spec.limits.outage_minutes * 60
         gates = Gates(
             self.flow,
-            Budget(None),  # the driver holds the budget
+            self.budget,  # a share of the job's budget, granted by the driver
             Breaker(BreakerConfig(limit_s=limit_s), time.monotonic),
         )
         client = Client(provider, self.transport, PooledAuth({}), InFlightCounter(self.concurrency))
@@ -108,7 +121,9 @@ class LaneWorker:
         )
         send, recv = anyio.create_memory_object_stream[list[Row]](self.concurrency * 4)
         self._send, self._recv = send, recv
-        self._drained = anyio.Event()  # a real event before any task can wait on it
+        self._unsent = anyio.Event()  # events of the actor's own loop
+        self._handed = anyio.Event()
+        self._next = anyio.Event()
         self._ready = anyio.Event()
 
     async def run(self) -> dict[str, Any]:
@@ -135,11 +150,13 @@ class LaneWorker:
         assert lane is not None
 
         async def emit(outcome: Outcome) -> None:
-            # at most `concurrency` answered calls wait for the driver: if this worker dies,
-            # they and its calls in flight are all that can have been paid for and lost
-            while len(self.outcomes) >= self.concurrency:
-                await self._drained.wait()
+            # the task sends again only once the driver has this answer: if the worker dies,
+            # its calls in flight and its answers not yet drained are at most `concurrency`
+            handed, unsent = self._next, self._unsent
+            assert handed is not None and unsent is not None
             self.outcomes.append(outcome)
+            unsent.set()
+            await handed.wait()
 
         async with packs:
             async for rows in packs:
@@ -173,16 +190,37 @@ class LaneWorker:
 
     def request_stop(self) -> None:
         self.stopping = True
+        if isinstance(self.budget, ShareBudget):
+            self.budget.stop()
 
-    async def drain(self) -> tuple[list[Outcome], tuple[str, str] | None, bool]:
-        """(outcomes since the last drain, the stop this worker hit, whether it is done)."""
-        end = time.monotonic() + DRAIN_WAIT
-        while not self.outcomes and not self.done and time.monotonic() < end:
+    async def drain(
+        self, answer: ShareAnswer = NO_ANSWER
+    ) -> tuple[list[Outcome], tuple[str, str] | None, bool, ShareReport | None]:
+        """(outcomes since the last drain, the stop this worker hit, whether it is done, its
+        budget share). Each call also tells the worker that the driver has the last drain's
+        outcomes, and brings the driver's answer to the last share report."""
+        while self._ready is None:
             await anyio.sleep(0.01)
+        await self._ready.wait()
+        assert self._handed is not None
+        self._handed.set()  # the tasks whose answers the driver has send again
+        share = self.budget if isinstance(self.budget, ShareBudget) else None
+        if share is not None:
+            share.apply(answer)
+        with anyio.move_on_after(DRAIN_WAIT):
+            while not self.outcomes and not self.done:
+                if share is not None and share.needs_answer():
+                    break  # a call waits for budget: the driver answers at once
+                self._unsent = anyio.Event()
+                with anyio.move_on_after(0.01):  # `done` and the budget have no event
+                    await self._unsent.wait()
+        if self.flow is not None:
+            self.flow.release_stale()
         out, self.outcomes = self.outcomes, []
-        self._drained.set()  # wakes every task waiting to hand over an answer
-        self._drained = anyio.Event()
-        return out, self.stop, self.done and not self.outcomes
+        self._handed, self._next = self._next, anyio.Event()
+        done = self.done and not self.outcomes
+        report = share.report(reclaim=answer.reclaim or done) if share is not None else None
+        return out, self.stop, done, report
 
     def counters(self) -> dict[str, Any]:
         flow = self.flow
@@ -196,16 +234,6 @@ class LaneWorker:
         import socket
 
         return f"{os.getpid()}@{socket.gethostname()}", self.error
-
-
-class _SetEvent:
-    """Stands for an anyio.Event before the actor's loop runs (nothing waits on it yet)."""
-
-    def set(self) -> None:
-        return None
-
-    async def wait(self) -> None:
-        return None
 
 
 def _broker_push(broker: Any) -> Any:

@@ -10,10 +10,16 @@ from __future__ import annotations
 import os
 import re
 import threading
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from pipeline.core.usage import Usage
+from pipeline.pricing import cost_usd, resolve_prices
 from pipeline.simproc import SimProcess
+from pipeline.spec import load_spec
 from tests.bench import data, measure
 from tests.bench.report import Section
 
@@ -70,6 +76,7 @@ def bench_scale(sec: Section) -> None:
         _latency_bound(sec, address)
         _cpu_bound(sec, address)
         _broker_calls(sec, address)
+        _budget_cap(sec, address)
         threads = [
             threading.Thread(target=_catch, args=(sec, fn, address))
             for fn in (_windows_600, _two_pools)
@@ -150,6 +157,42 @@ def _broker_calls(sec: Section, address: str) -> None:
             target="< 0.1",
         )
         sec.lines[-1].passed = per < 0.1
+
+
+def _budget_cap(sec: Section, address: str) -> None:
+    """A capped job on 4 workers: what the simulator billed against budget.max_usd."""
+    ledger = measure.fresh_file("ledger_scale_budget.jsonl")
+    rows = 6_000
+    with SimProcess(["--latency-ms", "100", "--ledger", str(ledger)]) as sim:
+        job = _job("scalebudget", rows, sim.base_url("gemini"))
+        estimate = measure.flashpipe("estimate", str(job), "--json")
+        cap = (Decimal(str(orjson.loads(estimate.stdout)["usd"])) / 2).quantize(Decimal("0.0001"))
+        job.write_text(job.read_text() + f"\n[budget]\nmax_usd = {cap}\n")
+        db = measure.fresh_db("scalebudget")
+        p = measure.flashpipe(
+            "run", str(job), "--db", str(db), "--quiet", "--ray", address, "--workers", "4"
+        )
+    prices = resolve_prices(load_spec(job))
+    billed = sum(
+        (
+            cost_usd(
+                Usage(u["prompt"] - u["cached"], u["cached"], u["output"], u["thinking"]), prices
+            )
+            for e in measure.read_ledger(ledger)
+            if e["billed"]
+            for u in [e["usage"]]
+        ),
+        Decimal(0),
+    )
+    ((n, ids),) = measure.query(db, "SELECT count(*), count(DISTINCT row_id) FROM results")
+    sec.add(
+        f"budget max_usd {cap} (half the estimate), 4 workers x {IN_FLIGHT}: billed by the simulator",
+        f"{billed:.4f} ({n:,} rows stored once of {rows:,}; exit {p.code})",
+        f"cap {cap}",
+        float(billed / cap),
+        target="<= cap, exit 3",
+    )
+    sec.lines[-1].passed = billed <= cap and p.code == 3 and n == ids
 
 
 def _windows_600(sec: Section, address: str) -> None:
