@@ -35,29 +35,28 @@ def journal_files(db_path: str) -> list[Path]:
 
 
 def encode(job: str, c: CallRecord) -> bytes:
+    """One line; orjson writes the datetime itself, in the ISO form `decode` reads back."""
     u = c.usage
-    return (
-        orjson.dumps(
-            [
-                job,
-                c.call_id,
-                c.row_ids,
-                c.attempt,
-                c.started_at.isoformat(),
-                c.latency_ms,
-                c.http_status,
-                c.outcome,
-                c.error,
-                [u.input, u.cached, u.output, u.thinking],
-                str(c.cost_usd),
-                c.model,
-                c.model_version,
-                c.response_id,
-                c.lane,
-                c.pool,
-            ]
-        )
-        + b"\n"
+    return orjson.dumps(
+        (
+            job,
+            c.call_id,
+            c.row_ids,
+            c.attempt,
+            c.started_at,
+            c.latency_ms,
+            c.http_status,
+            c.outcome,
+            c.error,
+            (u.input, u.cached, u.output, u.thinking),
+            str(c.cost_usd),
+            c.model,
+            c.model_version,
+            c.response_id,
+            c.lane,
+            c.pool,
+        ),
+        option=orjson.OPT_APPEND_NEWLINE,
     )
 
 

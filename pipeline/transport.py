@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 from pipeline.spec import Timeouts
 
@@ -61,16 +62,20 @@ class AiohttpTransport:
         )
         self._max_in_flight = max_in_flight
         self._session: aiohttp.ClientSession | None = None
+        # the online lane posts to one or two URLs all run long: each is parsed once, where
+        # aiohttp would parse the string again for every request
+        self._post_urls: dict[str, URL] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self._max_in_flight, limit_per_host=0, ttl_dns_cache=300
             )
+            # the default headers carry our User-Agent, so aiohttp adds none of its own;
+            # `skip_auto_headers` would do the same at the cost of a CIMultiDict per request
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._timeout,
-                skip_auto_headers=("User-Agent",),
                 headers={"user-agent": "flashpipe/0.1"},
                 auto_decompress=True,
             )
@@ -79,7 +84,7 @@ class AiohttpTransport:
     async def _send(
         self,
         method: str,
-        url: str,
+        url: str | URL,
         headers: dict[str, str],
         body: bytes | None,
         all_headers: bool = False,
@@ -106,7 +111,12 @@ class AiohttpTransport:
             raise TransportError("dropped", f"{type(exc).__name__}: {exc}") from None
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse:
-        return await self._send("POST", url, headers, body)
+        parsed = self._post_urls.get(url)
+        if parsed is None:
+            if len(self._post_urls) >= 16:
+                self._post_urls.clear()
+            parsed = self._post_urls[url] = URL(url)
+        return await self._send("POST", parsed, headers, body)
 
     async def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
         return await self._send("GET", url, headers, None)

@@ -50,6 +50,8 @@ SCHEMAS: list[dict[str, Any]] = [
             },
         },
     },
+    # a list of types and three checks in a row (type, minimum, maximum)
+    {"type": ["integer", "null"], "minimum": 0, "maximum": 3},
 ]
 
 json_values = st.recursive(

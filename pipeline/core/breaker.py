@@ -113,6 +113,10 @@ class Breaker:
                 self._spell_start = None
             if self.state in (BreakerState.OPEN, BreakerState.PROBING):
                 self._close(now)  # a call sent before the pause got an answer: it is back
+            elif self._faults == 0 and self.state is BreakerState.CLOSED:
+                # the common case, once per call: no fault in the window, nothing can trip
+                self._recent.append((now, False))
+                return
         if self.state is not BreakerState.CLOSED:
             return
         if len(self._recent) == self._recent.maxlen and self._recent[0][1]:

@@ -49,14 +49,16 @@ class ClassifyTask(Task):
             f"Labels:\n{chr(10).join(lines)}\n{how} Use only the label names listed."
         )
         super().__init__(system, schema)
+        # the answer is `{"label": "<name>"}`: its JSON, in tokens, for an average label; the
+        # same for every row, so worked out once (it is asked for on every attempt)
+        avg = sum(len(n) for n in names) / len(names)
+        if cfg.multi_label:
+            self._expected = estimate_tokens("x" * int(14 + 2.5 * (avg + 3)))
+        else:
+            self._expected = estimate_tokens("x" * int(13 + avg))
 
     def expected_output_tokens(self, user_text: str) -> int:
-        # the answer is `{"label": "<name>"}`: its JSON, in tokens, for an average label
-        names = [label.name for label in self.cfg.labels]
-        avg = sum(len(n) for n in names) / len(names)
-        if self.cfg.multi_label:
-            return estimate_tokens("x" * int(14 + 2.5 * (avg + 3)))
-        return estimate_tokens("x" * int(13 + avg))
+        return self._expected
 
     def normalise(self, answer: dict[str, Any]) -> dict[str, Any]:
         if self.cfg.multi_label:

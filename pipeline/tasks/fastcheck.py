@@ -59,10 +59,9 @@ def compile_check(schema: Any) -> Check | None:
     kind = schema.get("type")
     if kind is not None:
         kinds = kind if isinstance(kind, list) else [kind]
-        if not all(isinstance(k, str) and k in _TYPES for k in kinds):
+        if not kinds or not all(isinstance(k, str) and k in _TYPES for k in kinds):
             return None
-        tests = [_TYPES[k] for k in kinds]
-        checks.append(lambda v: any(t(v) for t in tests))
+        checks.append(_any_of([_TYPES[k] for k in kinds]))
     if "enum" in schema:
         values = schema["enum"]
         if not isinstance(values, list) or not all(isinstance(x, str) for x in values):
@@ -91,8 +90,45 @@ def compile_check(schema: Any) -> Check | None:
         item = compile_check(schema["items"])
         if item is None:
             return None
-        checks.append(lambda v: not isinstance(v, list) or all(item(x) for x in v))
-    return lambda v: all(c(v) for c in checks)
+        checks.append(_each_item(item))
+    return _all_of(checks)
+
+
+# Checks are chained pairwise: a generator per check (`all(c(v) for c in checks)`) cost more
+# than the checks themselves, ~1.5 µs of ~2 µs per answer of a one-label schema.
+def _all_of(checks: list[Check]) -> Check:
+    if not checks:
+        return lambda v: True
+    combined = checks[-1]
+    for check in reversed(checks[:-1]):
+        combined = _both(check, combined)
+    return combined
+
+
+def _both(first: Check, second: Check) -> Check:
+    return lambda v: first(v) and second(v)
+
+
+def _any_of(tests: list[Check]) -> Check:
+    combined = tests[-1]
+    for test in reversed(tests[:-1]):
+        combined = _either(test, combined)
+    return combined
+
+
+def _either(first: Check, second: Check) -> Check:
+    return lambda v: first(v) or second(v)
+
+
+def _each_item(item: Check) -> Check:
+    def check(v: Any) -> bool:
+        if isinstance(v, list):
+            for x in v:
+                if not item(x):
+                    return False
+        return True
+
+    return check
 
 
 def _bound(key: str, n: float) -> Check:
@@ -112,6 +148,8 @@ def _object(schema: dict[str, Any]) -> tuple[bool, Check | None]:
     extra = schema.get("additionalProperties", True)
     if not isinstance(props, dict) or not isinstance(required, list) or not isinstance(extra, bool):
         return False, None
+    if not all(isinstance(name, str) for name in required):
+        return False, None
     if not props and not required and extra:
         return True, None
     compiled: dict[str, Check] = {}
@@ -120,12 +158,12 @@ def _object(schema: dict[str, Any]) -> tuple[bool, Check | None]:
         if sub_check is None:
             return False, None
         compiled[name] = sub_check
-    need = tuple(required)
+    need = frozenset(required)
 
     def check(v: Any) -> bool:
         if not isinstance(v, dict):
             return True  # `type` says whether it must be an object
-        if any(k not in v for k in need):
+        if not v.keys() >= need:
             return False
         for k, x in v.items():
             sub = compiled.get(k)
