@@ -127,6 +127,29 @@ class ResultRecord:
     model: str | None = None  # the model whose answer this is
 
 
+def addressed(r: ResultRecord, request_key: str | None, input_hash: str | None) -> ResultRecord:
+    """The result with its request's address: `dataclasses.replace` at a third of the cost
+    (it runs once per row in the writer)."""
+    return ResultRecord(
+        r.row_id,
+        r.pos,
+        r.status,
+        r.output,
+        r.error,
+        r.attempts,
+        r.usage,
+        r.cost_usd,
+        r.kept,
+        r.finished_at,
+        r.answered_by,
+        request_key,
+        input_hash,
+        r.from_cache,
+        r.saved_usd,
+        r.model,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One billed (or refused) call: the ledger the cost reports add up."""

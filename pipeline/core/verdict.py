@@ -98,18 +98,18 @@ class Judge:
         self, state: RowState, status: Status, output: Output | None, error: str | None
     ) -> ResultRecord:
         keep = self.rules.keep
-        fields = state.row.fields
+        row = state.row
         return ResultRecord(
-            row_id=state.row.id,
-            pos=state.row.pos,
-            status=status.value,  # plain strings in records: JSON and Arrow take them as they are
-            output=output,
-            error=error,
-            attempts=state.calls,
-            usage=state.usage,
-            cost_usd=state.cost,
-            kept={k: fields.get(k) for k in keep} if keep else None,
-            finished_at=self._clock(),
+            row.id,
+            row.pos,
+            status._value_,  # a plain string in records: JSON and Arrow take it as it is
+            output,
+            error,
+            state.calls,
+            state.usage,
+            state.cost,
+            {k: row.fields.get(k) for k in keep} if keep else None,
+            self._clock(),
             model=self.rules.model,
         )
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 
 import anyio
 
@@ -32,6 +33,7 @@ from pipeline.core.records import (
 )
 from pipeline.core.reply import Prompt, Reply, ReplyKind
 from pipeline.core.retry import ErrorClass
+from pipeline.core.usage import Usage
 from pipeline.core.verdict import Judge, Trigger, Verdict, charge
 from pipeline.errors import ProviderStop
 from pipeline.lanes.requests import Requests
@@ -124,6 +126,8 @@ class OnlineLane:
         self.requests = asking.requests
         self.judge = asking.judge
         self.prices = asking.lane_prices()
+        # a packed call's share of each row, priced at the lane's prices
+        self._share_cost = {lane: partial(_cost_at, prices) for lane, prices in self.prices.items()}
         self.client = client
         self.gates = gates
         self.routing = routing
@@ -176,9 +180,8 @@ class OnlineLane:
         sent = await self._call(prompt, est_tokens, prices, flex, probe)
         if sent is None:
             return []
-        reply, when, kind = sent
-        call_cost = cost_usd(reply.usage, prices)
-        verdict = self._judge(group, prompt, reply, kind, call_cost, prices, probe)
+        reply, when, kind, call_cost = sent
+        verdict = self._judge(group, prompt, reply, kind, call_cost, lane, probe)
         self.gates.flow.settle_tokens(est_tokens, reply.usage.total)
         up = self.judge.escalating(group, verdict, self.escalate_on)
         pool = self.gates.flow.pool_name()
@@ -191,8 +194,9 @@ class OnlineLane:
 
     async def _call(
         self, prompt: Prompt, est_tokens: int, prices: Prices, flex: bool, probe: bool
-    ) -> tuple[Reply, tuple[datetime, float], str | None] | None:
-        """Reserve, pass flow control and send; None when the job stops meanwhile."""
+    ) -> tuple[Reply, tuple[datetime, float], str | None, Decimal] | None:
+        """Reserve, pass flow control and send: the reply, when, the transport's failure kind
+        and the call's cost. None when the job stops meanwhile."""
         budget = self.gates.budget
         reserve = self.requests.reserve_for(prompt, est_tokens, prices, budget.cap is not None)
         try:
@@ -213,8 +217,9 @@ class OnlineLane:
             if probe:
                 self.gates.breaker.abandon_probe()
             raise
-        budget.settle(reserve, cost_usd(reply.usage, prices))
-        return reply, when, kind
+        cost = cost_usd(reply.usage, prices)
+        budget.settle(reserve, cost)
+        return reply, when, kind, cost
 
     def _judge(
         self,
@@ -223,7 +228,7 @@ class OnlineLane:
         reply: Reply,
         kind: str | None,
         call_cost: Decimal,
-        prices: Prices,
+        lane: Lane,
         probe: bool,
     ) -> Verdict:
         """The verdict on the reply; the breaker and flow control hear what it says."""
@@ -233,7 +238,7 @@ class OnlineLane:
             flow.on_response(reply.error_class is ErrorClass.RATE_LIMITED)
         signal = Signal.ANSWERED if shed else provider_signal(reply, kind)
         self._observe(signal, reply, probe)
-        charge(group, reply.usage, call_cost, lambda share: cost_usd(share, prices))
+        charge(group, reply.usage, call_cost, self._share_cost[lane])
         if signal.is_fault and breaker.covers(breaker.clock()):
             return self.judge.in_outage(group, reply)
         if shed:
@@ -348,6 +353,10 @@ class OnlineLane:
             latency = time.monotonic() - t0
         self.latency_ewma = 0.9 * self.latency_ewma + 0.1 * latency
         return client.provider.parse(resp), (started, latency), None
+
+
+def _cost_at(prices: Prices, usage: Usage) -> Decimal:
+    return cost_usd(usage, prices)
 
 
 def provider_signal(reply: Reply, transport_kind: str | None) -> Signal:

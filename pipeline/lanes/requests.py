@@ -98,21 +98,28 @@ class Requests:
     ) -> CallRecord:
         """The call's record: `when` is its start and its latency in seconds."""
         started, latency = when
-        number = next(self._numbers)
+        if len(group) == 1:  # most calls: no generators
+            state = group[0]
+            row_ids: tuple[str, ...] = (state.row.id,)
+            attempt = state.calls
+        else:
+            row_ids = tuple([s.row.id for s in group])
+            attempt = max([s.calls for s in group])
+        # plain strings in records (`_value_`: the member's value without the enum property)
         return CallRecord(
-            call_id=call_id or f"{self._prefix}-{number}-{id(group) & 0xFFFF:x}",
-            row_ids=tuple(s.row.id for s in group),
-            attempt=max(s.calls for s in group),
-            started_at=started,
-            latency_ms=latency * 1000,
-            http_status=reply.http_status or None,
-            outcome=verdict.outcome.value,
-            error=verdict.error,
-            usage=reply.usage,
-            cost_usd=cost,
-            model=self.model,
-            model_version=reply.model_version,
-            response_id=reply.response_id,
-            lane=lane.value,
-            pool=pool,
+            call_id or f"{self._prefix}-{next(self._numbers)}",
+            row_ids,
+            attempt,
+            started,
+            latency * 1000,
+            reply.http_status or None,
+            verdict.outcome._value_,
+            verdict.error,
+            reply.usage,
+            cost,
+            self.model,
+            reply.model_version,
+            reply.response_id,
+            lane._value_,
+            pool,
         )
