@@ -35,9 +35,9 @@ T = TypeVar("T")
 DEFAULT_PATH = "flashpipe.duckdb"
 STATES = ("running", "done", "interrupted", "budget_exhausted", "stopped", "failed")
 
-# The answer cache. No index: a key's PRIMARY KEY (an ART index) grew in memory with every
-# stored answer (bench 6: 1M-row run 410 MiB against 303 at 100k). key_hash, the key's first
-# 60 bits, is what lookups and the duplicate check scan; request_key is compared after it.
+# The answer cache. No index: a PRIMARY KEY on request_key (an ART index) grew in memory with
+# every stored answer (bench 6: a 1M-row run peaked at 410 MiB against 303 at 100k). key_hash,
+# the key's first 60 bits, is the one column lookups and the duplicate check scan.
 ANSWERS_DDL = """CREATE TABLE IF NOT EXISTS answers (
     request_key VARCHAR NOT NULL,
     key_hash BIGINT NOT NULL,
@@ -840,19 +840,28 @@ class Store:
 
     def cached_answers(self, keys: Sequence[str]) -> dict[str, tuple[str, Usage]]:
         """For the request keys found in `answers`: key -> (output JSON, tokens it took).
-        The scan reads key_hash only; a row whose hash matches but whose key does not (two
-        keys sharing 60 bits) is left out here."""
+
+        The first query scans key_hash alone and the second reads the matching rows by rowid:
+        one query reading every column scanned three times the memory (31 against 8 MiB at
+        1M answers) and took longer. A row whose hash matches but whose key does not is left
+        out."""
         if not keys:
             return {}
         self.con.register("_keys", pa.table({"k": pa.array(keys, pa.string())}))
         try:
-            rows = self.con.execute(
-                "SELECT request_key, output, input_tokens, cached_tokens, output_tokens,"
-                " thinking_tokens FROM answers"
-                f" WHERE key_hash IN (SELECT {key_hash_sql('k')} FROM _keys)"
+            found = self.con.execute(
+                f"SELECT rowid FROM answers WHERE key_hash IN (SELECT {key_hash_sql('k')}"
+                " FROM _keys)"
             ).fetchall()
         finally:
             self.con.unregister("_keys")
+        if not found:
+            return {}
+        rows = self.con.execute(
+            "SELECT request_key, output, input_tokens, cached_tokens, output_tokens,"
+            " thinking_tokens FROM answers WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+            [[r[0] for r in found]],
+        ).fetchall()
         wanted = set(keys)
         return {
             r[0]: (r[1], Usage(int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0)))
@@ -1082,17 +1091,17 @@ def kept_json(kept: Mapping[str, Any]) -> str:
 
 
 # ok answers by request key; a copy stored in the same commit adds its share back, so the
-# tokens are what one sending of the request took per row. A key already in `answers` is
-# left out: the anti-join reads only the stored rows whose key_hash this commit has
+# tokens are what one sending of the request took per row. A key whose key_hash is stored
+# already is left out: the anti-join scans key_hash alone (joining on request_key as well
+# read every stored key, 7x slower at 1M answers); two keys sharing 60 bits would only
+# cost the second its cache entry
 _KEEP_ANSWERS = (
     f"INSERT INTO answers ({ANSWERS_COLUMNS}) SELECT n.* FROM (SELECT request_key,"
     f" {key_hash_sql('request_key')} AS key_hash, any_value(output), sum(input_tokens),"
     " sum(output_tokens), sum(thinking_tokens), sum(cached_tokens), any_value(job),"
     " min(row_id), ? FROM _results WHERE status = 'ok' AND request_key IS NOT NULL"
-    " AND NOT from_cache GROUP BY request_key) n ANTI JOIN (SELECT key_hash, request_key"
-    f" FROM answers WHERE key_hash IN (SELECT {key_hash_sql('request_key')} FROM _results"
-    " WHERE request_key IS NOT NULL)) a ON a.key_hash = n.key_hash"
-    " AND a.request_key = n.request_key"
+    " AND NOT from_cache GROUP BY request_key) n ANTI JOIN answers a"
+    " ON a.key_hash = n.key_hash"
 )
 
 
