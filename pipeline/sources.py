@@ -27,7 +27,9 @@ from pipeline.spec import InputSpec
 T = TypeVar("T")
 log = logging.getLogger("flashpipe")
 BATCH_ROWS = 1000
-PARQUET_FRAME_ROWS = 8192  # Arrow reads are cheap per batch; rows are built only when needed
+# rows per Parquet frame, as for JSONL: 8192-row frames put 8192 rows at once through the
+# engine (rows, keys, lookups) and a 1M-row run peaked at 374-397 MiB against 335 with 1000
+PARQUET_FRAME_ROWS = BATCH_ROWS
 
 
 @dataclass(frozen=True, slots=True)
