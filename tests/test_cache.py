@@ -108,6 +108,54 @@ def test_a_store_from_before_the_cache_opens_and_keeps_its_results(tmp_path: Pat
     assert sql(db, "SELECT count(*) FROM answers") == [(0,)]
 
 
+# `answers` as stores written before key_hash have it (a VARCHAR PRIMARY KEY)
+OLD_ANSWERS = """CREATE TABLE answers (
+    request_key VARCHAR PRIMARY KEY,
+    output JSON NOT NULL,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    thinking_tokens BIGINT,
+    cached_tokens BIGINT,
+    job VARCHAR,
+    row_id VARCHAR,
+    created_at TIMESTAMPTZ
+)"""
+
+
+def test_a_store_whose_answers_have_a_varchar_primary_key_still_answers_from_its_cache(
+    sim_factory: Callable[..., SimProcess], tmp_path: Path
+) -> None:
+    db = tmp_path / "old.duckdb"
+    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(120))
+    sim = sim_factory()
+    run_sync(make_spec(sim, src, name="a"), db)
+    con = duckdb.connect(str(db))  # the same answers, in the old layout
+    con.execute(
+        "CREATE TABLE kept AS SELECT request_key, output, input_tokens, output_tokens,"
+        " thinking_tokens, cached_tokens, job, row_id, created_at FROM answers"
+    )
+    con.execute("DROP TABLE answers")
+    con.execute(OLD_ANSWERS)
+    con.execute("INSERT INTO answers SELECT * FROM kept")
+    con.execute("DROP TABLE kept")
+    con.close()
+
+    write_jsonl(src, ticket_rows(150))  # the job resumes over 30 more rows
+    resumed = run_sync(make_spec(sim, src, name="a"), db)
+    assert resumed.rows == {"ok": 30} and resumed.requests == 30
+    again = run_sync(make_spec(sim, src, name="b"), db)
+    assert again.rows == {"ok": 150} and again.requests == 0
+    sim.stop()
+    assert requests(sim) == 150
+    assert sql(db, "SELECT count(*) FILTER (WHERE from_cache) FROM results WHERE job = 'b'") == [
+        (150,)
+    ]
+    assert sql(db, "SELECT count(*), count(DISTINCT request_key) FROM answers") == [(150, 150)]
+    constraints = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'answers'"
+    assert sql(db, constraints + " AND constraint_type = 'PRIMARY KEY'") == [(0,)]
+    assert sql(db, "SELECT count(*) FROM answers WHERE key_hash IS NULL") == [(0,)]
+
+
 def test_no_cache_on_the_command_line_sends_again_and_keeps_nothing(
     sim_factory: Callable[..., SimProcess], tmp_path: Path
 ) -> None:
