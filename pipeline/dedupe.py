@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.records import ResultRecord, Row, addressed, now_utc
+from pipeline.core.records import ResultRecord, Row, now_utc
 from pipeline.core.usage import ZERO
 
 QUANTUM = Decimal("0.000000000001")  # the store keeps costs to 12 places
@@ -143,7 +143,8 @@ class Dedupe:
             del self._leader[sent.key]
         own = result.model is None or result.model == self.model
         key = sent.key if self.record_key and own else None
-        result = addressed(result, key, sent.input_hash)
+        # the writer owns the record now: addressed in place, not copied
+        result.request_key, result.input_hash = key, sent.input_hash
         if self.enabled and result.status in REUSED:
             self._answered.pop(sent.key, None)
             self._answered[sent.key] = result

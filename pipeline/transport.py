@@ -19,7 +19,7 @@ from yarl import URL
 from pipeline.spec import Timeouts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HttpResponse:
     status: int
     headers: dict[str, str]

@@ -19,7 +19,7 @@ class Shape:
     schema: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prompt:
     shape: Shape
     user: str
@@ -33,7 +33,7 @@ class ReplyKind(StrEnum):
     ERROR = "error"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     kind: ReplyKind
     http_status: int

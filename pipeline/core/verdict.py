@@ -36,7 +36,7 @@ class Checks(Protocol):
     ) -> list[tuple[Output | None, str | None]]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Retry:
     """Rows that go again together, after `delay` seconds."""
 
