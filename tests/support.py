@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,9 +162,12 @@ def job_file(
     *,
     name: str = "cli",
     labels: str = '["billing", "bug", "account", "feature_request", "other"]',
+    keep: Sequence[str] = ("lang",),
+    concurrency: int = 32,
     extra: str = "",
 ) -> Path:
     base = sim.base_url("gemini") if sim else "http://127.0.0.1:9"
+    keep_line = f"keep = {json.dumps(list(keep))}" if keep else ""  # none: the line is left out
     path = tmp / f"{name}.toml"
     path.write_text(
         f"""
@@ -173,13 +177,13 @@ model = "gemini-3.1-flash-lite-preview"
 [input]
 path = "{src}"
 id = "id"
-keep = ["lang"]
+{keep_line}
 [provider]
 base_url = "{base}"
 api_key_env = "{KEY_ENV}"
 [limits]
 rpm = 0
-concurrency = 32
+concurrency = {concurrency}
 [classify]
 labels = {labels}
 {extra}
