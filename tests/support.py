@@ -113,6 +113,19 @@ def run_sync(spec: JobSpec, db: Path, *, key: str = "sim-key", restart: bool = F
     return anyio.run(go)
 
 
+def run_rows(
+    sim: SimProcess, tmp: Path, rows: list[dict[str, Any]], *, extra: dict[str, Any] | None = None
+) -> tuple[JobSpec, Path, Any]:
+    """Run a job over `rows` in-process against `sim` to its end, then stop `sim` (its ledger is
+    then complete); return the spec, the store and the summary."""
+    src = write_jsonl(tmp / "in.jsonl", rows)
+    spec = make_spec(sim, src, extra=extra)
+    db = tmp / "s.duckdb"
+    summary = run_sync(spec, db)
+    sim.stop()
+    return spec, db, summary
+
+
 def sql(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
     """Read the store with a real DuckDB connection (read-only, after the run has let go)."""
     import duckdb
