@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,19 @@ def run_sync(spec: JobSpec, db: Path, *, key: str = "sim-key", restart: bool = F
     return anyio.run(go)
 
 
+def run_rows(
+    sim: SimProcess, tmp: Path, rows: list[dict[str, Any]], *, extra: dict[str, Any] | None = None
+) -> tuple[JobSpec, Path, Any]:
+    """Run a job over `rows` in-process against `sim` to its end, then stop `sim` (its ledger is
+    then complete); return the spec, the store and the summary."""
+    src = write_jsonl(tmp / "in.jsonl", rows)
+    spec = make_spec(sim, src, extra=extra)
+    db = tmp / "s.duckdb"
+    summary = run_sync(spec, db)
+    sim.stop()
+    return spec, db, summary
+
+
 def sql(db: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
     """Read the store with a real DuckDB connection (read-only, after the run has let go)."""
     import duckdb
@@ -161,9 +175,12 @@ def job_file(
     *,
     name: str = "cli",
     labels: str = '["billing", "bug", "account", "feature_request", "other"]',
+    keep: Sequence[str] = ("lang",),
+    concurrency: int = 32,
     extra: str = "",
 ) -> Path:
     base = sim.base_url("gemini") if sim else "http://127.0.0.1:9"
+    keep_line = f"keep = {json.dumps(list(keep))}" if keep else ""  # none: the line is left out
     path = tmp / f"{name}.toml"
     path.write_text(
         f"""
@@ -173,13 +190,13 @@ model = "gemini-3.1-flash-lite-preview"
 [input]
 path = "{src}"
 id = "id"
-keep = ["lang"]
+{keep_line}
 [provider]
 base_url = "{base}"
 api_key_env = "{KEY_ENV}"
 [limits]
 rpm = 0
-concurrency = 32
+concurrency = {concurrency}
 [classify]
 labels = {labels}
 {extra}

@@ -9,15 +9,7 @@ from pathlib import Path
 from pipeline.core.usage import Usage
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
 from pipeline.simproc import SimProcess
-from tests.support import (
-    ledger_usage,
-    make_spec,
-    run_cli,
-    run_sync,
-    sql,
-    ticket_rows,
-    write_jsonl,
-)
+from tests.support import ledger_usage, run_cli, run_rows, sql, ticket_rows
 
 FAST_BATCH = {"poll_seconds": 0.1, "max_poll_seconds": 0.3, "collect_seconds": 0.2}
 
@@ -26,11 +18,9 @@ def test_a_batch_reported_succeeded_with_every_line_failed_sends_its_rows_again(
     sim_factory: Callable[..., SimProcess], tmp_path: Path
 ) -> None:
     sim = sim_factory("--batch-seconds", "0.3", "--batch-fault", "lie")
-    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(100))
-    spec = make_spec(sim, src, extra={"provider": {"lane": "batch"}, "batch": FAST_BATCH})
-    db = tmp_path / "s.duckdb"
-    summary = run_sync(spec, db)
-    sim.stop()
+    spec, db, summary = run_rows(
+        sim, tmp_path, ticket_rows(100), extra={"provider": {"lane": "batch"}, "batch": FAST_BATCH}
+    )
 
     assert summary.rows == {"ok": 100}
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(100, 100)]
@@ -54,12 +44,10 @@ def test_a_stalled_batch_moves_its_rows_to_flex_and_a_late_answer_is_paid_twice(
 ) -> None:
     # held PENDING 1.2 s past its normal 0.3 s; the job calls it stalled after 1 s of polling
     sim = sim_factory("--batch-seconds", "0.3", "--batch-fault", "stall=1.2")
-    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(100))
     batch = {**FAST_BATCH, "stall_seconds": 1.0}
-    spec = make_spec(sim, src, extra={"provider": {"lane": "batch"}, "batch": batch})
-    db = tmp_path / "s.duckdb"
-    summary = run_sync(spec, db)
-    sim.stop()
+    _, db, summary = run_rows(
+        sim, tmp_path, ticket_rows(100), extra={"provider": {"lane": "batch"}, "batch": batch}
+    )
 
     assert summary.rows == {"ok": 100}
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(100, 100)]
@@ -83,12 +71,10 @@ def test_a_batch_that_never_leaves_pending_has_its_rows_answered_on_flex(
     sim_factory: Callable[..., SimProcess], tmp_path: Path
 ) -> None:
     sim = sim_factory("--batch-seconds", "0.3", "--batch-fault", "stall")
-    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(60))
     batch = {**FAST_BATCH, "stall_seconds": 0.5}
-    spec = make_spec(sim, src, extra={"provider": {"lane": "batch"}, "batch": batch})
-    db = tmp_path / "s.duckdb"
-    summary = run_sync(spec, db)
-    sim.stop()
+    spec, db, summary = run_rows(
+        sim, tmp_path, ticket_rows(60), extra={"provider": {"lane": "batch"}, "batch": batch}
+    )
 
     assert summary.rows == {"ok": 60} and summary.state == "done"
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(60, 60)]
@@ -107,12 +93,10 @@ def test_a_batch_pending_when_the_deadline_nears_moves_its_rows_to_flex_in_time(
     sim_factory: Callable[..., SimProcess], tmp_path: Path
 ) -> None:
     sim = sim_factory("--batch-seconds", "0.3", "--batch-fault", "stall")
-    src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(40))
     lane = {"lane": "batch", "deadline": "15m"}  # a batch cannot make it: Flex still can
-    spec = make_spec(sim, src, extra={"provider": lane, "batch": FAST_BATCH})
-    db = tmp_path / "s.duckdb"
-    summary = run_sync(spec, db)
-    sim.stop()
+    _, db, summary = run_rows(
+        sim, tmp_path, ticket_rows(40), extra={"provider": lane, "batch": FAST_BATCH}
+    )
 
     assert summary.rows == {"ok": 40} and summary.elapsed_s < 60
     lanes = dict(sql(db, "SELECT lane, count(*) FROM calls WHERE outcome = 'ok' GROUP BY 1"))

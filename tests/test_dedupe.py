@@ -13,7 +13,7 @@ from pipeline.core.usage import Usage
 from pipeline.dedupe import Dedupe, split_cost
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
 from pipeline.simproc import SimProcess
-from tests.support import ledger_usage, make_spec, run_sync, sql, ticket_rows, write_jsonl
+from tests.support import ledger_usage, make_spec, run_rows, sql, ticket_rows, write_jsonl
 
 FAST_BATCH = {"poll_seconds": 0.1, "max_poll_seconds": 0.5, "collect_seconds": 0.2}
 
@@ -83,11 +83,7 @@ def test_a_quarter_of_10000_rows_repeating_sends_only_the_distinct_texts(
 ) -> None:
     sim = sim_factory()
     rows, distinct = repeating_rows(10_000, 0.25)
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    spec = make_spec(sim, src, extra={"limits": {"concurrency": 64}})
-    db = tmp_path / "s.duckdb"
-    summary = run_sync(spec, db)
-    sim.stop()
+    spec, db, summary = run_rows(sim, tmp_path, rows, extra={"limits": {"concurrency": 64}})
 
     assert summary.rows == {"ok": 10_000}
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(10_000, 10_000)]
@@ -105,11 +101,7 @@ def test_dedupe_false_sends_every_row(
 ) -> None:
     sim = sim_factory()
     rows, distinct = repeating_rows(300, 0.5)
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    spec = make_spec(sim, src, extra={"dedupe": False})
-    db = tmp_path / "s.duckdb"
-    run_sync(spec, db)
-    sim.stop()
+    _, db, _ = run_rows(sim, tmp_path, rows, extra={"dedupe": False})
 
     assert ledger_usage(sim.ledger)["requests"] == 300 > distinct
     assert sql(db, "SELECT count(*) FROM results WHERE answered_by IS NOT NULL") == [(0,)]
@@ -122,11 +114,7 @@ def test_dedupe_before_packing_sends_each_text_once(
 ) -> None:
     sim = sim_factory()
     rows, distinct = repeating_rows(400, 0.5)
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    spec = make_spec(sim, src, extra={"limits": {"rows_per_request": 10}})
-    db = tmp_path / "s.duckdb"
-    summary = run_sync(spec, db)
-    sim.stop()
+    spec, db, summary = run_rows(sim, tmp_path, rows, extra={"limits": {"rows_per_request": 10}})
 
     assert summary.rows == {"ok": 400}
     rows_sent = sql(db, "SELECT sum(len(row_ids)) FROM calls WHERE outcome = 'ok'")[0][0]
@@ -141,11 +129,9 @@ def test_dedupe_before_packing_sends_each_text_once(
 def test_dedupe_in_the_batch_lane(sim_factory: Callable[..., SimProcess], tmp_path: Path) -> None:
     sim = sim_factory("--batch-seconds", "0.3")
     rows, distinct = repeating_rows(300, 0.4)
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    spec = make_spec(sim, src, extra={"provider": {"lane": "batch"}, "batch": FAST_BATCH})
-    db = tmp_path / "s.duckdb"
-    summary = run_sync(spec, db)
-    sim.stop()
+    spec, db, summary = run_rows(
+        sim, tmp_path, rows, extra={"provider": {"lane": "batch"}, "batch": FAST_BATCH}
+    )
 
     assert summary.rows == {"ok": 300}
     ledger = ledger_usage(sim.ledger)

@@ -17,9 +17,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.simproc import SimProcess
-from tests.support import ROOT, read_ledger, run_cli, sql, ticket_rows, write_jsonl
-
-KEY_ENV = "FP_TEST_KEY"
+from tests.support import (
+    KEY_ENV,
+    ROOT,
+    job_file,
+    read_ledger,
+    run_cli,
+    sql,
+    ticket_rows,
+    write_jsonl,
+)
 
 
 def mount(fs: Path, *options: str) -> subprocess.CompletedProcess[str]:
@@ -49,26 +56,7 @@ def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 
 def job(tmp: Path, sim: SimProcess, rows: int) -> Path:
     src = write_jsonl(tmp / "in.jsonl", ticket_rows(rows))
-    path = tmp / "job.toml"
-    path.write_text(
-        f"""
-name = "disk"
-task = "classify"
-model = "gemini-3.1-flash-lite-preview"
-[input]
-path = "{src}"
-id = "id"
-[provider]
-base_url = "{sim.base_url("gemini")}"
-api_key_env = "{KEY_ENV}"
-[limits]
-rpm = 0
-concurrency = 16
-[classify]
-labels = ["billing", "bug", "account", "feature_request", "other"]
-"""
-    )
-    return path
+    return job_file(tmp, sim, src, name="disk", keep=(), concurrency=16)
 
 
 def run(job_path: Path, db: Path) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.simproc import SimProcess
-from tests.support import run_cli, sql, ticket_rows, write_jsonl
-
-KEY_ENV = "FP_TEST_KEY"
+from tests.support import KEY_ENV, job_file, run_cli, sql, ticket_rows, write_jsonl
 
 
 def job(tmp: Path, sim: SimProcess, bad: int, rows: int = 20) -> Path:
@@ -16,26 +14,7 @@ def job(tmp: Path, sim: SimProcess, bad: int, rows: int = 20) -> Path:
     for r in data[:bad]:
         r["text"] += " [[sim:400*1]]"  # the simulator refuses each of these once, with a 400
     src = write_jsonl(tmp / "in.jsonl", data)
-    path = tmp / "job.toml"
-    path.write_text(
-        f"""
-name = "fr"
-task = "classify"
-model = "gemini-3.1-flash-lite-preview"
-[input]
-path = "{src}"
-id = "id"
-[provider]
-base_url = "{sim.base_url("gemini")}"
-api_key_env = "{KEY_ENV}"
-[limits]
-rpm = 0
-concurrency = 4
-[classify]
-labels = ["billing", "bug", "account", "feature_request", "other"]
-"""
-    )
-    return path
+    return job_file(tmp, sim, src, name="fr", keep=(), concurrency=4)
 
 
 def test_mostly_failed_rows_exit_7_naming_the_retry_command(

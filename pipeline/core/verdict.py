@@ -89,7 +89,6 @@ class Judge:
         clock: Callable[[], datetime] = now_utc,
     ):
         self.rules = rules
-        self.policy = rules.policy
         self._rng = rng or random.Random(0)
         self._clock = clock
 
@@ -149,7 +148,7 @@ class Judge:
         state.invalid = True
         if self.rules.feedback:
             state.feedback = error
-        if state.burned >= self.policy.max_attempts:
+        if state.burned >= self.rules.policy.max_attempts:
             v.finals.append(self._fail(state, f"invalid answer: {error}"))
         else:
             v.retry.append(Retry([state]))
@@ -178,7 +177,7 @@ class Judge:
             state.max_tokens = max(state.max_tokens, bigger)
             state.invalid = False
             state.last_error = f"answer cut off at {max_output_tokens} output tokens"
-            if state.burned >= self.policy.max_attempts:
+            if state.burned >= self.rules.policy.max_attempts:
                 v.finals.append(self._fail(state, f"{state.last_error} (MAX_TOKENS)"))
             else:
                 going.append(state)
@@ -209,7 +208,7 @@ class Judge:
                 state.burned += 1
             state.last_error = error
             state.invalid = False
-            decision = self.policy.decide(
+            decision = self.rules.policy.decide(
                 cls, state.burned, state.rate_limited, self._rng, reply.retry_after
             )
             if decision.action is Action.RETRY:
@@ -235,7 +234,7 @@ class Judge:
         for state in group:
             state.burned += 1
             state.last_error = why
-            if state.burned >= self.policy.max_attempts:
+            if state.burned >= self.rules.policy.max_attempts:
                 v.finals.append(self._fail(state, f"after {state.burned} {unit}: {why}"))
             else:
                 back.append(state)
@@ -266,7 +265,7 @@ class Judge:
                 again.append(state)
         if again:
             shed = max(s.shed for s in again)
-            wait = reply.retry_after or self.policy.backoff(shed, self._rng)
+            wait = reply.retry_after or self.rules.policy.backoff(shed, self._rng)
             v.retry.append(Retry(again, wait))
         return v
 
@@ -279,13 +278,13 @@ class Judge:
             kept = by_id.get(result.row_id)
             if result.status != Status.FAILED or kept is None:
                 continue
-            if kept.held >= self.policy.max_attempts:
+            if kept.held >= self.rules.policy.max_attempts:
                 continue
             kept.held += 1
             v.finals.remove(result)
             held.append(kept)
         if held:
-            delay = self.policy.backoff(max(s.burned for s in held), self._rng)
+            delay = self.rules.policy.backoff(max(s.burned for s in held), self._rng)
             v.retry.append(Retry(held, delay))
 
     def escalating(

@@ -89,6 +89,21 @@ def _statuses(by_status: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(by_status.items())) or "-"
 
 
+def _run_cells(s: JobSummary) -> Html:
+    """The state, progress, rows by status, spend and lane cells of a job's row."""
+    return join(
+        tag(
+            "td",
+            tag("span", s.state, class_=f"state {s.state}"),
+            tag("div", s.message, class_="muted") if s.message else None,
+        ),
+        tag("td", svg.progress(s.rows, s.rows_total)),
+        tag("td", _statuses(s.by_status)),
+        tag("td", _spend(s)),
+        tag("td", s.lane),
+    )
+
+
 def jobs_page(jobs: Sequence[JobSummary], db_path: str, note: str | None) -> str:
     head = tag(
         "tr",
@@ -118,15 +133,7 @@ def jobs_page(jobs: Sequence[JobSummary], db_path: str, note: str | None) -> str
                     name,
                     tag("div", f"{s.task} · {s.model}", class_="muted") if s.task else None,
                 ),
-                tag(
-                    "td",
-                    tag("span", s.state, class_=f"state {s.state}"),
-                    tag("div", s.message, class_="muted") if s.message else None,
-                ),
-                tag("td", svg.progress(s.rows, s.rows_total)),
-                tag("td", _statuses(s.by_status)),
-                tag("td", _spend(s)),
-                tag("td", s.lane),
+                _run_cells(s),
                 tag(
                     "td",
                     f"{s.rows_per_min:,.0f}" if s.rows_per_min is not None else "-",
@@ -195,15 +202,7 @@ def job_page(d: JobDetail, db_path: str, *, links: bool = True) -> str:
         ),
         tag(
             "tr",
-            tag(
-                "td",
-                tag("span", s.state, class_=f"state {s.state}"),
-                tag("div", s.message, class_="muted") if s.message else None,
-            ),
-            tag("td", svg.progress(s.rows, s.rows_total)),
-            tag("td", _statuses(s.by_status)),
-            tag("td", _spend(s)),
-            tag("td", s.lane),
+            _run_cells(s),
             tag("td", f"{s.requests:,}", class_="num"),
             tag("td", f"{s.rate_limited:,}", class_="num"),
             tag(
