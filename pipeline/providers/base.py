@@ -56,18 +56,10 @@ class AnswerFields:
     response_id: str
 
     def usage_of(self, raw: Any) -> Usage:
-        def count(path: tuple[str, ...]) -> int:
-            value = raw
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            return int(value or 0)
-
-        prompt, cached, output, thinking = (
-            count(self.prompt),
-            count(self.cached),
-            count(self.output),
-            count(self.thinking),
-        )
+        if not isinstance(raw, dict):
+            return Usage()
+        prompt, cached = _count(raw, self.prompt), _count(raw, self.cached)
+        output, thinking = _count(raw, self.output), _count(raw, self.thinking)
         if self.output_has_thinking:
             output = max(0, output - thinking)
         return Usage(max(0, prompt - cached), cached, output, thinking)
@@ -81,6 +73,16 @@ class AnswerFields:
             model_version=body.get(self.version),
             response_id=body.get(self.response_id),
         )
+
+
+def _count(raw: dict[str, Any], path: tuple[str, ...]) -> int:
+    """The token count at `path` below a usage object; 0 where it is missing."""
+    value: Any = raw
+    for key in path:
+        if not isinstance(value, dict):
+            return 0
+        value = value.get(key)
+    return int(value or 0)
 
 
 class Provider(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -49,36 +50,59 @@ def bench_sim(sec: Section) -> None:
     )
 
 
+ROUNDS = 3  # alternating runs of flashpipe and each baseline; the medians are compared
+
+
 def bench_throughput(sec: Section, rows: int = 50_000) -> None:
     src = data.tickets_jsonl(rows)
     with SimProcess([]) as sim:
         for conc in (64, 256):
             doc = data.job_doc(f"tput{conc}", src, sim.base_url("gemini"), concurrency=conc)
-            p = measure.run_job(doc, measure.fresh_db(f"tput{conc}"))
-            fp = rows / p.elapsed_s
             reqs = clients.requests_for(doc)
-            aio = clients.aiohttp_loop(reqs, conc)
-            naive = clients.httpx_loop(reqs, conc, seconds=10)
+            fps: list[float] = []
+            aios: list[clients.LoopResult] = []
+            naives: list[clients.LoopResult] = []
+            for _ in range(ROUNDS):  # alternating: a slow spell of the machine hits all three
+                p = measure.run_job(doc, measure.fresh_db(f"tput{conc}"))
+                fps.append(rows / p.elapsed_s)
+                aios.append(clients.aiohttp_loop(reqs, conc))
+                naives.append(clients.httpx_loop(reqs, conc, seconds=10))
+            fp = statistics.median(fps)
+            aio = statistics.median(r.rate for r in aios)
+            naive = statistics.median(r.rate for r in naives)
             sec.add(
                 f"c{conc}: flashpipe rows/s vs one httpx.AsyncClient",
                 f"{fp:,.0f} rows/s",
-                f"{naive.rate:,.0f} req/s",
-                _ratio(fp, naive.rate),
+                f"{naive:,.0f} req/s",
+                _ratio(fp, naive),
                 ">= 1.5",
-                _ratio(fp, naive.rate) >= 1.5,
+                _ratio(fp, naive) >= 1.5,
             )
             sec.add(
                 f"c{conc}: flashpipe rows/s vs bare aiohttp loop (ceiling)",
                 f"{fp:,.0f} rows/s",
-                f"{aio.rate:,.0f} req/s",
-                _ratio(fp, aio.rate),
+                f"{aio:,.0f} req/s",
+                _ratio(fp, aio),
+                ">= 0.6" if conc == 64 else "-",
+                _ratio(fp, aio) >= 0.6 if conc == 64 else None,
             )
             sec.note(
-                f"c{conc}: flashpipe {rows:,} rows in {p.elapsed_s:.1f} s (its own summary; "
-                f"{p.wall_s:.1f} s wall incl. interpreter start); aiohttp {aio.done:,} in "
-                f"{aio.seconds:.1f} s; httpx measured over a 10 s window ({naive.done:,} "
-                f"requests), as 50,000 would take minutes"
+                f"c{conc}: medians of {ROUNDS} alternating runs of each; flashpipe "
+                f"{_rates(fps)} rows/s ({rows:,} rows each, its own summary); bare aiohttp "
+                f"{_rates([r.rate for r in aios])} req/s ({rows:,} requests); httpx "
+                f"{_rates([r.rate for r in naives])} req/s over 10 s windows, as {rows:,} would "
+                "take minutes"
             )
+    sec.note(
+        "the ratio against the bare loop is what flashpipe's own work per row costs: both send "
+        "the same bodies to the same simulator, CPU-bound on one core while the simulator takes "
+        "the other. This machine's speed drifts by up to 2x between minutes, so each figure is "
+        "a median of runs that alternate with its baseline's"
+    )
+
+
+def _rates(values: list[float]) -> str:
+    return " / ".join(f"{v:,.0f}" for v in values)
 
 
 def bench_latency(sec: Section, rows: int = 30_000) -> None:
