@@ -403,8 +403,7 @@ class Store:
                 # checkpoints happen when the writer reopens (every REOPEN_ROWS), not when the
                 # WAL passes DuckDB's default 16 MB in the middle of a run; see REOPEN_ROWS
                 con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
-                if self._writing:
-                    con.execute(f"SET threads = {WRITER_THREADS}")
+                self._writer_settings(con)
             return con
         except duckdb.IOException as exc:
             text = str(exc)
@@ -414,6 +413,11 @@ class Store:
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"store {path!r} is unusable: {first}") from None
+
+    def _writer_settings(self, con: duckdb.DuckDBPyConnection) -> None:
+        """What a connection that writes runs with (kept across reopens)."""
+        if self._writing:
+            con.execute(f"SET threads = {WRITER_THREADS}")
 
     def close(self) -> None:
         try:
@@ -553,7 +557,7 @@ class Store:
             return
         if not self._writing:
             self._writing = True
-            self.con.execute(f"SET threads = {WRITER_THREADS}")
+            self._writer_settings(self.con)
         try:
             try:
                 self._write(job, results, calls, closes, "")

@@ -10,12 +10,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pipeline.simproc import SimProcess
 from pipeline.spec import JobSpec, load_spec
+
+if TYPE_CHECKING:
+    from pipeline.engine import RunSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"  # copied from the shared recordings
@@ -101,13 +104,13 @@ def ledger_of(sim: SimProcess) -> Path:
     return sim.ledger
 
 
-def run_sync(spec: JobSpec, db: Path, *, key: str = "sim-key", restart: bool = False) -> Any:
+def run_sync(spec: JobSpec, db: Path, *, key: str = "sim-key", restart: bool = False) -> RunSummary:
     """Run a job in-process to its end (or its stop, which raises) and return the summary."""
     import anyio
 
     from pipeline.engine import run_job
 
-    async def go() -> Any:
+    async def go() -> RunSummary:
         return await run_job(spec, str(db), api_key=key, restart=restart, handle_signals=False)
 
     return anyio.run(go)
@@ -115,7 +118,7 @@ def run_sync(spec: JobSpec, db: Path, *, key: str = "sim-key", restart: bool = F
 
 def run_rows(
     sim: SimProcess, tmp: Path, rows: list[dict[str, Any]], *, extra: dict[str, Any] | None = None
-) -> tuple[JobSpec, Path, Any]:
+) -> tuple[JobSpec, Path, RunSummary]:
     """Run a job over `rows` in-process against `sim` to its end, then stop `sim` (its ledger is
     then complete); return the spec, the store and the summary."""
     src = write_jsonl(tmp / "in.jsonl", rows)

@@ -11,7 +11,7 @@ import orjson
 
 from pipeline.core.reply import Prompt, Reply, ReplyKind, Shape
 from pipeline.core.retry import ErrorClass
-from pipeline.core.usage import Usage
+from pipeline.core.usage import ZERO, Usage
 from pipeline.transport import HttpResponse
 
 
@@ -57,7 +57,7 @@ class AnswerFields:
 
     def usage_of(self, raw: Any) -> Usage:
         if not isinstance(raw, dict):
-            return Usage()
+            return ZERO
         prompt, cached = _count(raw, self.prompt), _count(raw, self.cached)
         output, thinking = _count(raw, self.output), _count(raw, self.thinking)
         if self.output_has_thinking:

@@ -15,7 +15,7 @@ import orjson
 
 from pipeline.simproc import SimProcess
 from tests.bench import clients, data, measure
-from tests.bench.report import Section
+from tests.bench.report import Section, rates
 
 
 def _ratio(a: float, b: float) -> float:
@@ -88,9 +88,9 @@ def bench_throughput(sec: Section, rows: int = 50_000) -> None:
             )
             sec.note(
                 f"c{conc}: medians of {ROUNDS} alternating runs of each; flashpipe "
-                f"{_rates(fps)} rows/s ({rows:,} rows each, its own summary); bare aiohttp "
-                f"{_rates([r.rate for r in aios])} req/s ({rows:,} requests); httpx "
-                f"{_rates([r.rate for r in naives])} req/s over 10 s windows, as {rows:,} would "
+                f"{rates(fps)} rows/s ({rows:,} rows each, its own summary); bare aiohttp "
+                f"{rates([r.rate for r in aios])} req/s ({rows:,} requests); httpx "
+                f"{rates([r.rate for r in naives])} req/s over 10 s windows, as {rows:,} would "
                 "take minutes"
             )
     sec.note(
@@ -99,10 +99,6 @@ def bench_throughput(sec: Section, rows: int = 50_000) -> None:
         "the other. This machine's speed drifts by up to 2x between minutes, so each figure is "
         "a median of runs that alternate with its baseline's"
     )
-
-
-def _rates(values: list[float]) -> str:
-    return " / ".join(f"{v:,.0f}" for v in values)
 
 
 def bench_latency(sec: Section, rows: int = 30_000) -> None:

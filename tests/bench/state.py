@@ -18,7 +18,7 @@ from pipeline.simproc import SimProcess
 from pipeline.spec import load_spec
 from pipeline.store import Store, _calls_table, _results_table
 from tests.bench import data, measure
-from tests.bench.report import Section
+from tests.bench.report import Section, rates
 
 # -- 4. rate-limit utilization --------------------------------------------------------------
 
@@ -326,7 +326,7 @@ def bench_store(sec: Section, rows: int = 100_000, batch: int = 500, rounds: int
         "pre-built Arrow tables with a plain INSERT (no ON CONFLICT), one transaction per "
         "batch; flashpipe's figure includes building the Arrow tables from its records; "
         f"medians of {rounds} alternating runs (Store.write "
-        f"{' / '.join(f'{v:,.0f}' for v in fps)}, bare {' / '.join(f'{v:,.0f}' for v in bares)})"
+        f"{rates(fps)}, bare {rates(bares)})"
     )
     sec.add(
         "  bare Arrow INSERT with ON CONFLICT DO NOTHING (Store.write's fallback on a conflict)",
