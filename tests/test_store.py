@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.store as store_module
+import pipeline.store.store as store_module
 from pipeline.core.records import CallRecord, ResultRecord
 from pipeline.core.usage import Usage
 from pipeline.errors import JobBusy, StoreError

@@ -16,7 +16,8 @@ from pipeline.core.usage import Usage
 from pipeline.engine import stored_spec
 from pipeline.simproc import SimProcess
 from pipeline.spec import load_spec
-from pipeline.store import Store, _calls_table, _results_table
+from pipeline.store import Store
+from pipeline.store.tables import calls_table, results_table
 from tests.bench import data, measure
 from tests.bench.report import Section, rates
 
@@ -302,7 +303,7 @@ def bench_store(sec: Section, rows: int = 100_000, batch: int = 500, rounds: int
     results, calls = _records(rows)
     t0 = time.perf_counter()
     tables = [
-        (_results_table("b", results[i : i + batch]), _calls_table("b", calls[i : i + batch]))
+        (results_table("b", results[i : i + batch]), calls_table("b", calls[i : i + batch]))
         for i in range(0, rows, batch)
     ]
     build = time.perf_counter() - t0
@@ -335,7 +336,7 @@ def bench_store(sec: Section, rows: int = 100_000, batch: int = 500, rounds: int
         bare_oc / bare,
     )
     sec.note(
-        f"building the Arrow tables from the records (_results_table + _calls_table) took "
+        f"building the Arrow tables from the records (results_table + calls_table) took "
         f"{build:.2f} s for {rows:,} rows ({build / rows * 1e6:.1f} us/row); at the plain "
         f"baseline rate the inserts themselves take {rows / bare:.2f} s"
     )

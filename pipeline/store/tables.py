@@ -1,0 +1,149 @@
+"""Records as Arrow tables: what the writer hands DuckDB in one INSERT per table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from pipeline.core.records import CallRecord, ResultRecord
+
+COST = pa.decimal128(38, 12)
+RESULT_SCHEMA = pa.schema(
+    [
+        ("job", pa.string()),
+        ("row_id", pa.string()),
+        ("pos", pa.string()),
+        ("status", pa.string()),
+        ("output", pa.string()),
+        ("error", pa.string()),
+        ("attempts", pa.int32()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("thinking_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("cost_usd", COST),
+        ("kept", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("answered_by", pa.string()),
+        ("request_key", pa.string()),
+        ("input_hash", pa.string()),
+        ("from_cache", pa.bool_()),
+        ("saved_usd", COST),
+        ("model", pa.string()),
+    ]
+)
+CALL_SCHEMA = pa.schema(
+    [
+        ("job", pa.string()),
+        ("call_id", pa.string()),
+        ("row_ids", pa.list_(pa.string())),
+        ("attempt", pa.int32()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("latency_ms", pa.float64()),
+        ("http_status", pa.int32()),
+        ("outcome", pa.string()),
+        ("error", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("thinking_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("cost_usd", COST),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("response_id", pa.string()),
+        ("recovered", pa.bool_()),
+        ("lane", pa.string()),
+        ("pool", pa.string()),  # the key pool (a provider project) it went through; never a key
+    ]
+)
+BATCH_ROW_SCHEMA = pa.schema(
+    [
+        ("job", pa.string()),
+        ("batch_id", pa.string()),
+        ("req", pa.int32()),
+        ("row_id", pa.string()),
+        ("pos", pa.string()),
+        ("text", pa.string()),
+        ("fields", pa.string()),
+        ("attempts", pa.int32()),
+    ]
+)
+COST_QUANTUM = Decimal("0.000000000001")
+
+
+def _json_default(value: Any) -> Any:
+    """Kept values orjson does not write itself (Decimal, bytes)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):  # a subclass (pandas.Timestamp) orjson does not take
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def kept_json(kept: Mapping[str, Any]) -> str:
+    return orjson.dumps(kept, default=_json_default).decode()
+
+
+def results_table(job: str, records: Sequence[ResultRecord]) -> pa.Table:
+    return pa.table(
+        {
+            "job": [job] * len(records),
+            "row_id": [r.row_id for r in records],
+            "pos": [r.pos for r in records],
+            "status": [r.status for r in records],
+            "output": [
+                orjson.dumps(r.output).decode() if r.output is not None else None for r in records
+            ],
+            "error": [r.error for r in records],
+            "attempts": [r.attempts for r in records],
+            "input_tokens": [r.usage.input for r in records],
+            "output_tokens": [r.usage.output for r in records],
+            "thinking_tokens": [r.usage.thinking for r in records],
+            "cached_tokens": [r.usage.cached for r in records],
+            "cost_usd": [r.cost_usd.quantize(COST_QUANTUM) for r in records],
+            "kept": [kept_json(r.kept) if r.kept else None for r in records],
+            "finished_at": [r.finished_at for r in records],
+            "answered_by": [r.answered_by for r in records],
+            "request_key": [r.request_key for r in records],
+            "input_hash": [r.input_hash for r in records],
+            "from_cache": [r.from_cache for r in records],
+            "saved_usd": [r.saved_usd.quantize(COST_QUANTUM) for r in records],
+            "model": [r.model for r in records],
+        },
+        schema=RESULT_SCHEMA,
+    )
+
+
+def calls_table(job: str, records: Sequence[CallRecord], *, recovered: bool = False) -> pa.Table:
+    return pa.table(
+        {
+            "job": [job] * len(records),
+            "call_id": [c.call_id for c in records],
+            "row_ids": [list(c.row_ids) for c in records],
+            "attempt": [c.attempt for c in records],
+            "started_at": [c.started_at for c in records],
+            "latency_ms": [c.latency_ms for c in records],
+            "http_status": [c.http_status for c in records],
+            "outcome": [c.outcome for c in records],
+            "error": [c.error for c in records],
+            "input_tokens": [c.usage.input for c in records],
+            "output_tokens": [c.usage.output for c in records],
+            "thinking_tokens": [c.usage.thinking for c in records],
+            "cached_tokens": [c.usage.cached for c in records],
+            "cost_usd": [c.cost_usd.quantize(COST_QUANTUM) for c in records],
+            "model": [c.model for c in records],
+            "model_version": [c.model_version for c in records],
+            "response_id": [c.response_id for c in records],
+            "recovered": [recovered] * len(records),
+            "lane": [c.lane for c in records],
+            "pool": [c.pool for c in records],
+        },
+        schema=CALL_SCHEMA,
+    )
