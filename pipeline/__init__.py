@@ -19,8 +19,9 @@ from pipeline.api import (
     moderate,
     translate,
 )
-from pipeline.engine import RunSummary, run_job
 from pipeline.errors import FlashpipeError
+from pipeline.run.engine import run_job
+from pipeline.run.job import RunSummary
 from pipeline.spec import JobSpec, load_spec
 
 __version__ = "0.1.0"

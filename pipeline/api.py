@@ -31,8 +31,9 @@ from typing import Any, Literal, cast
 import orjson
 import pyarrow as pa
 
-from pipeline.engine import RunSummary, run_job
 from pipeline.errors import SpecError, UsageError
+from pipeline.run.engine import run_job
+from pipeline.run.job import RunSummary
 from pipeline.spec import JobSpec, load_spec
 
 JobState = Literal["running", "done", "interrupted", "budget_exhausted", "stopped", "failed"]
@@ -260,7 +261,7 @@ class Job:
         )
 
     def _live_status(self) -> Status | None:
-        from pipeline.engine import status_path
+        from pipeline.run.job import status_path
 
         path = status_path(self.db)
         if not path.exists():

@@ -176,8 +176,8 @@ def _anyio_run(fn: Callable[[], Any]) -> Any:
 
 
 def _execute(spec: JobSpec, args: argparse.Namespace, restart: bool) -> int:
-    from pipeline.engine import run_job
     from pipeline.progress import ProgressReporter
+    from pipeline.run.engine import run_job
     from pipeline.simproc import SimProcess
     from pipeline.store import resolve_path
 
@@ -288,8 +288,8 @@ def _open_read(db: str | None) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.engine import status_path
     from pipeline.reports import status_report
+    from pipeline.run.job import status_path
     from pipeline.store import resolve_path
 
     db_path = resolve_path(args.db)

@@ -36,7 +36,7 @@ class RunStats:
     batches_open: int = 0
     batches_done: int = 0
     batch_requests: int = 0  # HTTP requests of the Batch lane (create, poll, upload, download)
-    outage: dict[str, Any] | None = None  # while the provider is unreachable (engine.py)
+    outage: dict[str, Any] | None = None  # while the provider is unreachable (pipeline.run.job)
 
     def count(self, status: str) -> None:
         self.rows_done += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.engine import stored_spec
+from pipeline.run.job import stored_spec
 from pipeline.spec import load_spec
 from pipeline.store import Store
 from pipeline.tasks import build_task

@@ -18,7 +18,7 @@ from pipeline.simproc import SimProcess
 from pipeline.spec import JobSpec, load_spec
 
 if TYPE_CHECKING:
-    from pipeline.engine import RunSummary
+    from pipeline.run.job import RunSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"  # copied from the shared recordings
@@ -108,7 +108,7 @@ def run_sync(spec: JobSpec, db: Path, *, key: str = "sim-key", restart: bool = F
     """Run a job in-process to its end (or its stop, which raises) and return the summary."""
     import anyio
 
-    from pipeline.engine import run_job
+    from pipeline.run.engine import run_job
 
     async def go() -> RunSummary:
         return await run_job(spec, str(db), api_key=key, restart=restart, handle_signals=False)

@@ -5,7 +5,7 @@ import asyncio
 import anyio
 import pytest
 
-from pipeline.channel import ChannelReceiver, channel
+from pipeline.run.channel import ChannelReceiver, channel
 
 
 @pytest.fixture

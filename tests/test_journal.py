@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.core.records import CallRecord
 from pipeline.core.usage import Usage
-from pipeline.journal import CallJournal, decode, encode, journal_files, read_journal
+from pipeline.run.journal import CallJournal, decode, encode, journal_files, read_journal
 
 
 def call(n: int, *, lane: str = "standard", pool: str | None = None) -> CallRecord:

@@ -429,8 +429,8 @@ def test_progress_without_a_tty_prints_plain_lines(sim: SimProcess, tmp_path: Pa
 
     import anyio
 
-    from pipeline.engine import run_job
     from pipeline.progress import ProgressReporter
+    from pipeline.run.engine import run_job
 
     out = io.StringIO()
     src = write_jsonl(tmp_path / "in.jsonl", ticket_rows(200))

@@ -38,7 +38,7 @@ from pipeline.errors import SpecError, UsageError
 from pipeline.pools import DAY, PoolSpec, quota_day
 
 if TYPE_CHECKING:
-    from pipeline.engine import JobRun
+    from pipeline.run.job import JobRun
 
 log = logging.getLogger("flashpipe")
 

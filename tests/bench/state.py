@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from pipeline.core.records import CallRecord, ResultRecord
 from pipeline.core.usage import Usage
-from pipeline.engine import stored_spec
+from pipeline.run.job import stored_spec
 from pipeline.simproc import SimProcess
 from pipeline.spec import load_spec
 from pipeline.store import Store
