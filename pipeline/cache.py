@@ -10,11 +10,12 @@ an old entry.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pipeline.core.records import ResultRecord, Row, now_utc
+from pipeline.core.records import ResultRecord, Row
 from pipeline.core.usage import ZERO, Usage
 from pipeline.dedupe import kept_fields
 from pipeline.pricing import Prices, cost_usd
@@ -50,7 +51,7 @@ def cached_result(
         usage=ZERO,
         cost_usd=Decimal(0),
         kept=kept_fields(row, keep),
-        finished_at=now_utc(),
+        finished_at=time.time(),
         request_key=key,
         input_hash=ihash,
         from_cache=True,

@@ -17,6 +17,7 @@ Everything here is pure: the engine feeds rows in and hands results through `fan
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, Decimal
@@ -24,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.records import ResultRecord, Row, now_utc
+from pipeline.core.records import ResultRecord, Row
 from pipeline.core.usage import ZERO
 
 QUANTUM = Decimal("0.000000000001")  # the store keeps costs to 12 places
@@ -115,7 +116,7 @@ class Dedupe:
             usage=ZERO,
             cost_usd=Decimal(0),
             answered_by=found.answered_by or found.row_id,
-            finished_at=now_utc(),
+            finished_at=time.time(),
         )
 
     def in_flight(self, key: str) -> bool:

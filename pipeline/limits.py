@@ -245,6 +245,10 @@ class FlowControl:
         self._last_pressure = -math.inf
 
     async def acquire(self, est_tokens: int) -> None:
+        if self.requests is None and self.tokens is None:  # nothing to pace: only the gate
+            if self.gate.closed_until > self._clock():
+                await self.gate.wait()
+            return
         while True:
             await self.gate.wait()
             if self.requests is not None:

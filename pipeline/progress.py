@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
@@ -38,9 +40,13 @@ class RunStats:
     batch_requests: int = 0  # HTTP requests of the Batch lane (create, poll, upload, download)
     outage: dict[str, Any] | None = None  # while the provider is unreachable (pipeline.run.job)
 
-    def count(self, status: str) -> None:
-        self.rows_done += 1
-        self.by_status[status] = self.by_status.get(status, 0) + 1
+    def count(self, statuses: Iterable[str]) -> None:
+        """Results just stored, by their status."""
+        for status, n in Counter(statuses).items():
+            self.rows_done += n
+            self.by_status[status] = self.by_status.get(status, 0) + n
+            if status == "failed":
+                self.failures += n
 
     def snapshot(self, now: float) -> dict[str, Any]:
         elapsed = max(1e-9, now - self.started)

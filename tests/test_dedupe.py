@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.records import ResultRecord, Row, now_utc
+from pipeline.core.records import ResultRecord, Row
 from pipeline.core.usage import Usage
 from pipeline.dedupe import Dedupe, split_cost
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
@@ -65,7 +66,16 @@ def test_copies_of_a_row_in_flight_share_its_tokens_and_cost() -> None:
     assert d.admit(rows[1], "k", "h") is False and d.admit(rows[2], "k", "h") is False
     usage = Usage(100, 0, 11, 0)
     result = ResultRecord(
-        "r0", "line:0", "ok", {"label": "bug"}, None, 1, usage, Decimal("0.00005"), None, now_utc()
+        "r0",
+        "line:0",
+        "ok",
+        {"label": "bug"},
+        None,
+        1,
+        usage,
+        Decimal("0.00005"),
+        None,
+        time.time(),
     )
     out = d.fan_out(result)
     assert [r.row_id for r in out] == ["r0", "r1", "r2"]

@@ -21,7 +21,7 @@ def call(n: int, *, lane: str = "standard", pool: str | None = None) -> CallReco
         call_id=f"c{n}",
         row_ids=(f"r{n}", f"r{n}b"),
         attempt=n,
-        started_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        started_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC).timestamp(),
         latency_ms=12.5,
         http_status=200,
         outcome="ok",
@@ -42,7 +42,7 @@ def call(n: int, *, lane: str = "standard", pool: str | None = None) -> CallReco
         call(1),
         call(2, lane="batch", pool="acme"),
         CallRecord(
-            "c3", ("r3",), 4, datetime(2026, 5, 6, tzinfo=UTC), 0.0, None, "timeout",
+            "c3", ("r3",), 4, datetime(2026, 5, 6, tzinfo=UTC).timestamp(), 0.0, None, "timeout",
             "read timed out", Usage(), Decimal(0), "gpt-5-mini", None, None, "flex",
         ),
     ],
@@ -65,6 +65,13 @@ def test_lines_from_older_versions_read_with_the_defaults(
     full = orjson.loads(encode("j", call(1, lane="batch", pool="acme")))
     job, record = decode(orjson.dumps(full[:fields]))
     assert (job, record.call_id, record.lane, record.pool) == ("j", "c1", lane, pool)
+
+
+def test_a_start_written_as_iso_text_by_an_older_version_reads_as_the_same_instant() -> None:
+    full = orjson.loads(encode("j", call(1)))
+    full[4] = "2026-01-02T03:04:05.678901+00:00"
+    _, record = decode(orjson.dumps(full))
+    assert record.started_at == call(1).started_at
 
 
 def test_appended_calls_are_on_disk_before_close_and_read_back_in_order(tmp_path: Path) -> None:

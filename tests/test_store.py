@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +28,7 @@ def result(row_id: str, label: str) -> ResultRecord:
         Usage(10, 0, 2, 0),
         Decimal("0.000005500000"),
         None,
-        datetime.now(UTC),
+        time.time(),
     )
 
 
@@ -36,7 +37,7 @@ def call(call_id: str, row_id: str) -> CallRecord:
         call_id,
         (row_id,),
         1,
-        datetime.now(UTC),
+        time.time(),
         12.0,
         200,
         "ok",
@@ -59,6 +60,21 @@ def test_a_row_written_twice_keeps_its_first_result_and_both_calls(tmp_path: Pat
         ).fetchall()
         assert rows == [("a", "billing"), ("b", "bug")]
         assert store.con.execute("SELECT count(*) FROM calls").fetchall()[0][0] == 2
+    finally:
+        store.close()
+
+
+def test_times_carried_as_epoch_seconds_are_stored_as_the_same_instants(tmp_path: Path) -> None:
+    when = datetime(2026, 12, 2, 16, 30, 1, 234567, tzinfo=UTC)
+    done, sent = result("a", "bug"), call("c1", "a")
+    done.finished_at = sent.started_at = when.timestamp()
+    store = Store(str(tmp_path / "s.duckdb"))
+    try:
+        store.write("j", [done], [sent])
+        stored = store.con.execute(
+            "SELECT r.finished_at, c.started_at FROM results r, calls c"
+        ).fetchall()
+        assert stored == [(when, when)]
     finally:
         store.close()
 

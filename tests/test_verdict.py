@@ -31,7 +31,7 @@ from pipeline.tasks import build_task
 from tests.support import make_spec
 
 MAX_ATTEMPTS = 3
-WHEN = datetime(2026, 12, 2, tzinfo=UTC)
+WHEN = datetime(2026, 12, 2, tzinfo=UTC).timestamp()
 
 
 class LabelChecks:

@@ -125,7 +125,7 @@ class ResultRecord:
     usage: Usage
     cost_usd: Decimal
     kept: dict[str, Any] | None
-    finished_at: datetime
+    finished_at: float  # seconds since the epoch; the store writes a TIMESTAMPTZ
     answered_by: str | None = None  # the row whose request answered this one (dedupe)
     request_key: str | None = None  # the request's content address
     input_hash: str | None = None  # the hash of what the row sent
@@ -141,7 +141,7 @@ class CallRecord:
     call_id: str
     row_ids: tuple[str, ...]
     attempt: int
-    started_at: datetime
+    started_at: float  # seconds since the epoch; the store writes a TIMESTAMPTZ
     latency_ms: float
     http_status: int | None
     outcome: str  # a CallOutcome

@@ -10,13 +10,13 @@ flow control, the batch lane has none to pass it to.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
-from pipeline.core.records import CallOutcome, ResultRecord, Row, RowState, Status, now_utc
+from pipeline.core.records import CallOutcome, ResultRecord, Row, RowState, Status
 from pipeline.core.reply import Reply, ReplyKind
 from pipeline.core.retry import Action, ErrorClass, RetryPolicy
 from pipeline.core.usage import Usage
@@ -86,7 +86,7 @@ class Judge:
         self,
         rules: Rules,
         rng: random.Random | None = None,
-        clock: Callable[[], datetime] = now_utc,
+        clock: Callable[[], float] = time.time,  # the results' finished_at
     ):
         self.rules = rules
         self._rng = rng or random.Random(0)

@@ -194,7 +194,7 @@ class OnlineLane:
 
     async def _call(
         self, prompt: Prompt, est_tokens: int, prices: Prices, flex: bool, probe: bool
-    ) -> tuple[Reply, tuple[datetime, float], str | None, Decimal] | None:
+    ) -> tuple[Reply, tuple[float, float], str | None, Decimal] | None:
         """Reserve, pass flow control and send: the reply, when, the transport's failure kind
         and the call's cost. None when the job stops meanwhile."""
         budget = self.gates.budget
@@ -237,9 +237,10 @@ class OnlineLane:
         if not shed:  # a Flex refusal says nothing about the key's rate limits
             flow.on_response(reply.error_class is ErrorClass.RATE_LIMITED)
         signal = Signal.ANSWERED if shed else provider_signal(reply, kind)
-        self._observe(signal, reply, probe)
+        fault = signal is not Signal.ANSWERED
+        self._observe(signal, fault, reply, probe)
         charge(group, reply.usage, call_cost, self._share_cost[lane])
-        if signal.is_fault and breaker.covers(breaker.clock()):
+        if fault and breaker.covers(breaker.clock()):
             return self.judge.in_outage(group, reply)
         if shed:
             self.shed += 1
@@ -248,7 +249,7 @@ class OnlineLane:
         verdict = self.judge.verdict(group, prompt.max_output_tokens, reply)
         if verdict.rate_limited:
             flow.on_rate_limited(verdict.retry_after)
-        if signal.is_fault:
+        if fault:
             now = breaker.clock()
             for state in group:
                 state.fault_times.append(now)
@@ -306,10 +307,10 @@ class OnlineLane:
             " charged for it, the rest stay pending: run it again when the provider answers"
         )
 
-    def _observe(self, signal: Signal, reply: Reply, probe: bool) -> None:
+    def _observe(self, signal: Signal, fault: bool, reply: Reply, probe: bool) -> None:
         breaker = self.gates.breaker
         was_paused = breaker.paused
-        cause = (reply.error or signal.value).splitlines()[0][:200] if signal.is_fault else ""
+        cause = (reply.error or signal.value).splitlines()[0][:200] if fault else ""
         if probe:
             breaker.probe_done(signal, cause)
         else:
@@ -332,7 +333,7 @@ class OnlineLane:
 
     async def _send(
         self, prompt: Prompt, flex: bool
-    ) -> tuple[Reply, tuple[datetime, float], str | None]:
+    ) -> tuple[Reply, tuple[float, float], str | None]:
         """The reply, (when it was sent, its latency), and the transport's failure kind."""
         client = self.client
         body = client.provider.encode(prompt, "flex" if flex else None)
@@ -342,7 +343,7 @@ class OnlineLane:
                     await client.auth.refresh()
                 except ProviderStop as exc:  # no token: the job stops, its rows stay pending
                     raise StopDispatch(StopReason.PROVIDER, str(exc)) from None
-            started = now_utc()
+            started = time.time()
             t0 = time.monotonic()
             try:
                 resp = await client.transport.post(self._url, client.auth.headers, body)

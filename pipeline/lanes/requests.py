@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from datetime import datetime
 from decimal import Decimal
 
 from pipeline.core.records import CallRecord, Lane, Row, RowState
@@ -90,13 +89,14 @@ class Requests:
         group: list[RowState],
         reply: Reply,
         verdict: Verdict,
-        when: tuple[datetime, float],
+        when: tuple[float, float],
         lane: Lane,
         cost: Decimal,
         pool: str | None = None,
         call_id: str | None = None,
     ) -> CallRecord:
-        """The call's record: `when` is its start and its latency in seconds."""
+        """The call's record: `when` is its start (seconds since the epoch) and its latency in
+        seconds."""
         started, latency = when
         if len(group) == 1:  # most calls: no generators
             state = group[0]

@@ -426,7 +426,7 @@ class BatchRunner:
     def _call(
         self, group: list[RowState], reply: Reply, verdict: Verdict, cost: Decimal, call_id: str
     ) -> CallRecord:
-        when = (now_utc(), 0.0)
+        when = (time.time(), 0.0)
         return self.requests.call_record(
             group, reply, verdict, when, Lane.BATCH, cost, call_id=call_id
         )

@@ -27,7 +27,6 @@ from pipeline.core.records import (
     Row,
     RowState,
     StopReason,
-    now_utc,
 )
 from pipeline.core.usage import Usage
 from pipeline.errors import (
@@ -189,7 +188,7 @@ async def _record_context_cache(
     so `cost` and the budget count it."""
     cost = context_cache_cost(bill.tokens, bill.seconds, run.prices)
     call = CallRecord(
-        f"{run.run_no}-context-cache", (), 1, now_utc(), bill.seconds * 1000, 200,
+        f"{run.run_no}-context-cache", (), 1, time.time(), bill.seconds * 1000, 200,
         CallOutcome.CONTEXT_CACHE, None, Usage(input=bill.tokens), cost, run.spec.model, None,
         bill.name,
     )  # fmt: skip

@@ -35,7 +35,7 @@ def journal_files(db_path: str) -> list[Path]:
 
 
 def encode(job: str, c: CallRecord) -> bytes:
-    """One line; orjson writes the datetime itself, in the ISO form `decode` reads back."""
+    """One line of JSON: the call's fields in order, its start as seconds since the epoch."""
     u = c.usage
     return orjson.dumps(
         (
@@ -66,7 +66,7 @@ def decode(line: bytes) -> tuple[str, CallRecord]:
         call_id=f[1],
         row_ids=tuple(f[2]),
         attempt=f[3],
-        started_at=datetime.fromisoformat(f[4]),
+        started_at=_epoch(f[4]),
         latency_ms=f[5],
         http_status=f[6],
         outcome=f[7],
@@ -93,6 +93,13 @@ def read_journal(paths: Iterable[Path]) -> Iterator[tuple[str, CallRecord]]:
                 yield decode(line)
             except (orjson.JSONDecodeError, IndexError, KeyError, TypeError, ValueError):
                 continue
+
+
+def _epoch(value: float | str) -> float:
+    """A journal line's start: seconds since the epoch, or the ISO text older versions wrote."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).timestamp()
+    return float(value)
 
 
 class CallJournal:

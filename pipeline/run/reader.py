@@ -5,6 +5,7 @@ writer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from functools import partial
@@ -16,7 +17,7 @@ import pyarrow as pa
 from anyio.abc import ObjectSendStream
 
 from pipeline.cache import CachedAnswer, cached_result
-from pipeline.core.records import Outcome, ResultRecord, Row, now_utc
+from pipeline.core.records import Outcome, ResultRecord, Row
 from pipeline.core.usage import ZERO
 from pipeline.dedupe import input_hash, request_key
 from pipeline.run.job import JobRun
@@ -161,7 +162,7 @@ def _invalid_result(row_id: str, row: Row, reason: str, keep: tuple[str, ...]) -
         usage=ZERO,
         cost_usd=Decimal(0),
         kept=kept,
-        finished_at=now_utc(),
+        finished_at=time.time(),
     )
 
 

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -143,14 +142,10 @@ class Writer:
             s.rate_limited += 1
 
     async def _flush(
-        self,
-        results: list[ResultRecord],
-        calls: list[Any],
-        closes: list[BatchClose] = (),  # type: ignore[assignment]
+        self, results: list[ResultRecord], calls: list[CallRecord], closes: list[BatchClose]
     ) -> None:
         await self.store.run(self.store.store.write, self.spec.name, results, calls, closes)
+        self.stats.count([r.status for r in results])
+        done = self.in_progress.pop
         for r in results:
-            self.stats.count(r.status)
-            if r.status == "failed":
-                self.stats.failures += 1
-            self.in_progress.pop(r.row_id, None)
+            done(r.row_id, None)

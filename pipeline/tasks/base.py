@@ -29,7 +29,9 @@ class ViewColumn:
 
 def estimate_tokens(text: str) -> int:
     """A local token estimate (about 4 bytes of UTF-8 per token) for reservations and `estimate`."""
-    return len(text.encode("utf-8", "replace")) // 4 + 1
+    # an ASCII text is as many bytes as characters, and `isascii` reads a flag: no encoding
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+    return size // 4 + 1
 
 
 class Task:
