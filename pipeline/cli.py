@@ -376,8 +376,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
             pm = j["prices_per_m"]
             print(f"  prices: ${pm['input']}/M in, ${pm['output']}/M out ({pm['source']})")
         bo = u["by_outcome"]
+        cache = f", context cache ${bo['context_cache']}" if "context_cache" in bo else ""
         print(
-            f"  by outcome: ok ${bo['ok']}, retried ${bo['retried']}, thrown away ${bo['thrown_away']}"
+            f"  by outcome: ok ${bo['ok']}, retried ${bo['retried']}{cache},"
+            f" thrown away ${bo['thrown_away']}"
         )
         for lane, lt in sorted(j["lanes"].items()):
             shed = ""

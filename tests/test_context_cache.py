@@ -108,6 +108,14 @@ def test_every_request_names_the_cache_and_the_cache_is_deleted_at_the_end(
     cache_call = sql(db, "SELECT cost_usd, latency_ms FROM calls WHERE outcome = 'context_cache'")
     cost, ms = cache_call[0]
     assert cost == context_cache_cost(tokens, ms / 1000, prices).quantize(Decimal("1e-12"))
+    store = Store(str(db), read_only=True)
+    try:
+        by_outcome = cost_report(store, spec.name)["jobs"][0]["usd"]["by_outcome"]
+    finally:
+        store.close()
+    # the cache's bill is a cost of its own, not money thrown away
+    assert Decimal(by_outcome["context_cache"]) == cost.quantize(Decimal("1e-6"))
+    assert Decimal(by_outcome["thrown_away"]) == 0
 
 
 def test_auto_caches_only_an_instruction_the_model_can_cache(

@@ -133,7 +133,14 @@ def parse_generate_content(body: dict[str, Any]) -> Reply:
             block["ratings"] = cand["safetyRatings"]
         return say(ReplyKind.BLOCKED, error=f"answer blocked: finishReason {finish}", block=block)
     parts = (cand.get("content") or {}).get("parts") or []
-    text = "".join(p.get("text", "") for p in parts if isinstance(p, dict) and not p.get("thought"))
+    first = parts[0] if len(parts) == 1 else None
+    if isinstance(first, dict) and not first.get("thought"):  # most answers: one text part
+        value = first.get("text")
+        text = value if isinstance(value, str) else ""
+    else:
+        text = "".join(
+            p.get("text", "") for p in parts if isinstance(p, dict) and not p.get("thought")
+        )
     if finish == "MAX_TOKENS":
         return say(ReplyKind.TRUNCATED, text=text, error="answer cut off: finishReason MAX_TOKENS")
     if finish not in ("STOP", "FINISH_REASON_UNSPECIFIED"):

@@ -625,15 +625,20 @@ class Store:
 
     def cost_by_outcome(self, job: str) -> dict[str, Decimal]:
         """ok: calls whose answers were stored as final; retried: attempts that were re-sent;
-        thrown_away: everything else that was billed (failed, blocked rows' attempts)."""
+        context_cache: the run's explicit context cache (written once, then stored by the
+        hour), which the ok calls' cached tokens used; thrown_away: everything else that was
+        billed (failed, blocked rows' attempts)."""
         rows = self.con.execute(
             "SELECT CASE WHEN outcome = 'ok' THEN 'ok'"
             " WHEN outcome IN ('retried', 'invalid_output', 'truncated') THEN 'retried'"
+            " WHEN outcome = 'context_cache' THEN 'context_cache'"
             " ELSE 'thrown_away' END, coalesce(sum(cost_usd), 0) FROM calls WHERE job = ?"
             " GROUP BY 1",
             [job],
         ).fetchall()
         out = {"ok": Decimal(0), "retried": Decimal(0), "thrown_away": Decimal(0)}
+        if any(k == "context_cache" for k, _ in rows):  # shown only where a run used one
+            out["context_cache"] = Decimal(0)
         for k, v in rows:
             out[str(k)] = Decimal(v)
         return out
