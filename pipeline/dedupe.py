@@ -49,6 +49,15 @@ def request_key(fp: str, user: str) -> str:
     return h.hexdigest()
 
 
+def row_hashes(fp: str, user: str) -> tuple[str, str]:
+    """(request_key, input_hash) of one row's text, encoded once."""
+    data = user.encode("utf-8", "surrogatepass")
+    key = hashlib.blake2b(fp.encode(), digest_size=20)
+    key.update(b"\0")
+    key.update(data)
+    return key.hexdigest(), hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def input_hash(user: str) -> str:
     """The hash of what a row sends (its rendered text): a changed input changes it."""
     return hashlib.blake2b(user.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()

@@ -9,9 +9,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pipeline.core.records import ResultRecord, Row
 from pipeline.core.usage import Usage
-from pipeline.dedupe import Dedupe, split_cost
+from pipeline.dedupe import Dedupe, input_hash, request_key, row_hashes, split_cost
 from pipeline.pricing import cost_usd, lane_prices, resolve_prices
 from pipeline.simproc import SimProcess
 from tests.support import ledger_usage, make_spec, run_rows, sql, ticket_rows, write_jsonl
@@ -161,3 +163,8 @@ def test_dedupe_must_be_true_or_false(tmp_path: Path) -> None:
     assert make_spec(None, src).dedupe is True
     with pytest.raises(SpecError, match=r"^dedupe: 'no' is not valid; expected true or false$"):
         make_spec(None, src, extra={"dedupe": "no"})
+
+
+@pytest.mark.parametrize("text", ["I was charged twice", "naïve café ☕", "", "a\udc80b"])
+def test_the_reader_hashes_a_text_as_the_key_and_input_hash_functions_do(text: str) -> None:
+    assert row_hashes("fp", text) == (request_key("fp", text), input_hash(text))

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 from pipeline.core.records import CallOutcome, ResultRecord, Row, RowState, Status
 from pipeline.core.reply import Reply, ReplyKind
 from pipeline.core.retry import Action, ErrorClass, RetryPolicy
-from pipeline.core.usage import Usage
+from pipeline.core.usage import ZERO, Usage
 
 Output = dict[str, Any]
 Trigger = Literal["invalid", "failed"]
@@ -313,8 +313,9 @@ def charge(
     if len(group) == 1:  # the whole call: its cost is already known
         state = group[0]
         state.calls += 1
-        state.usage = state.usage + usage
-        state.cost += cost
+        # a row's first bill (most rows) is the call's own: no new Usage, no Decimal sum
+        state.usage = usage if state.usage is ZERO else state.usage + usage
+        state.cost = state.cost + cost if state.cost else cost
         return
     for state, share in zip(group, usage.split(len(group)), strict=True):
         state.calls += 1

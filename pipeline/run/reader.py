@@ -19,7 +19,7 @@ from anyio.abc import ObjectSendStream
 from pipeline.cache import CachedAnswer, cached_result
 from pipeline.core.records import Outcome, ResultRecord, Row
 from pipeline.core.usage import ZERO
-from pipeline.dedupe import input_hash, request_key
+from pipeline.dedupe import row_hashes
 from pipeline.run.job import JobRun
 from pipeline.sources import Frame, read_frames
 from pipeline.tasks.base import estimate_tokens
@@ -105,7 +105,7 @@ class Reader:
                     continue
                 self.in_progress[row.id] = row.pos
                 user = self.task.render(row)
-                sendable.append((row, request_key(self.fingerprint, user), input_hash(user)))
+                sendable.append((row, *row_hashes(self.fingerprint, user)))
             hits = await self._cached(sendable)
             for row, key, ihash in sendable:
                 # a copy of a row of this job names that row; the cache answers the others
