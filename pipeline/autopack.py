@@ -26,7 +26,7 @@ from pipeline.tasks.base import Task, estimate_tokens
 
 log = logging.getLogger("flashpipe")
 CANDIDATES = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50)
-MAX_INPUT_TOKENS = 8_000  # the engine's Packer closes a pack at this many row tokens
+MAX_INPUT_TOKENS = 8_000  # the reader's Packer (pipeline.run.reader) closes a pack here
 WITHIN = Decimal("1.02")
 
 

@@ -43,14 +43,12 @@ def fingerprint(parts: dict[str, Any]) -> str:
 
 def request_key(fp: str, user: str) -> str:
     """The content address of one row's request: the job's fingerprint and the row's text."""
-    h = hashlib.blake2b(fp.encode(), digest_size=20)
-    h.update(b"\0")
-    h.update(user.encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
+    return row_hashes(fp, user)[0]
 
 
 def row_hashes(fp: str, user: str) -> tuple[str, str]:
-    """(request_key, input_hash) of one row's text, encoded once."""
+    """(request_key, input_hash) of one row's text, encoded once: the request key hashes the
+    job's fingerprint, a NUL and the text; the input hash the text alone."""
     data = user.encode("utf-8", "surrogatepass")
     key = hashlib.blake2b(fp.encode(), digest_size=20)
     key.update(b"\0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
@@ -40,7 +40,7 @@ class RunStats:
     batch_requests: int = 0  # HTTP requests of the Batch lane (create, poll, upload, download)
     outage: dict[str, Any] | None = None  # while the provider is unreachable (pipeline.run.job)
 
-    def count(self, statuses: Iterable[str]) -> None:
+    def count(self, statuses: Sequence[str]) -> None:
         """Results just stored, by their status."""
         for status, n in Counter(statuses).items():
             self.rows_done += n

@@ -133,7 +133,7 @@ def parse_generate_content(body: dict[str, Any]) -> Reply:
             block["ratings"] = cand["safetyRatings"]
         return say(ReplyKind.BLOCKED, error=f"answer blocked: finishReason {finish}", block=block)
     parts = (cand.get("content") or {}).get("parts") or []
-    first = parts[0] if len(parts) == 1 else None
+    first = parts[0] if isinstance(parts, list) and len(parts) == 1 else None
     if isinstance(first, dict) and not first.get("thought"):  # most answers: one text part
         value = first.get("text")
         text = value if isinstance(value, str) else ""

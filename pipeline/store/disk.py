@@ -54,7 +54,7 @@ def busy_error(path: str, who: str, for_run: bool) -> FlashpipeError:
     )
 
 
-def holder(message: str) -> str:
+def holder_of(message: str) -> str:
     match = re.search(r"PID (\d+)", message)
     return f"process {match.group(1)}" if match else "another process"
 
@@ -78,7 +78,7 @@ class SideLock:
         try:
             fcntl.flock(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = self.holder()
+            holder = self._read_holder()
             os.close(self.fd)
             self.fd = -1
             raise Held(holder) from None
@@ -86,9 +86,9 @@ class SideLock:
             os.ftruncate(self.fd, 0)
             os.write(self.fd, f"PID {os.getpid()}\n".encode())
 
-    def holder(self) -> str:
+    def _read_holder(self) -> str:
         try:
-            return holder(os.pread(self.fd, 64, 0).decode(errors="replace"))
+            return holder_of(os.pread(self.fd, 64, 0).decode(errors="replace"))
         except OSError:
             return "another process"
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 from pipeline.core.records import BatchClose, BatchRow, CallRecord, ResultRecord, now_utc, runner_id
 from pipeline.core.usage import Usage
 from pipeline.errors import JobBusy, SpecError, StoreError, fault_cause
-from pipeline.store.disk import Held, SideLock, busy_error, holder, store_fault
+from pipeline.store.disk import Held, SideLock, busy_error, holder_of, store_fault
 from pipeline.store.schema import (
     BATCH_COLUMNS,
     KEEP_ANSWERS,
@@ -112,7 +112,7 @@ class Store:
         except duckdb.IOException as exc:
             text = str(exc)
             if "lock" in text.lower():
-                raise busy_error(path, holder(text), not read_only) from None
+                raise busy_error(path, holder_of(text), not read_only) from None
             raise StoreError(f"store {path!r} cannot be opened: {fault_cause(exc)}") from None
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -637,8 +637,6 @@ class Store:
             [job],
         ).fetchall()
         out = {"ok": Decimal(0), "retried": Decimal(0), "thrown_away": Decimal(0)}
-        if any(k == "context_cache" for k, _ in rows):  # shown only where a run used one
-            out["context_cache"] = Decimal(0)
         for k, v in rows:
             out[str(k)] = Decimal(v)
         return out

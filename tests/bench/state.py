@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -261,7 +260,7 @@ def _mem_line(sec: Section, item: str, small: float, big: float) -> None:
 
 
 def _records(n: int) -> tuple[list[ResultRecord], list[CallRecord]]:
-    now = datetime.now(UTC)
+    now = time.time()
     usage = Usage(input=120, output=5)
     results = [
         ResultRecord(
