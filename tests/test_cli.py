@@ -87,7 +87,7 @@ def test_kill_9_then_rerun_gives_one_result_per_row(slow_sim: SimProcess, tmp_pa
     assert again.returncode == 0, again.stderr
     assert sql(db, "SELECT count(*), count(DISTINCT row_id) FROM results") == [(4000, 4000)]
     status = json.loads(run_cli("status", "cli", "--json", "--db", str(db)).stdout)["jobs"][0]
-    # results are flushed every 0.25 s or 500 rows: a kill loses about a second of answers
+    # results are flushed every 0.25 s: a kill loses about a second of answers
     assert status["rows_paid_twice"] <= max(500, rate * 1.5)
 
 

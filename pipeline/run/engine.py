@@ -44,7 +44,7 @@ from pipeline.providers import context_cache
 from pipeline.run.channel import channel
 from pipeline.run.job import AUTO_CAP, JobRun, RunSummary, open_job, status_path
 from pipeline.run.journal import CallJournal
-from pipeline.run.reader import Reader
+from pipeline.run.reader import LOOKUP_MIN, Reader
 from pipeline.run.writer import Writer
 from pipeline.sources import count_rows_fast, keep_types
 from pipeline.spec import JobSpec
@@ -215,7 +215,11 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 
 async def _run_stages(run: JobRun, handle_signals: bool) -> None:
-    work_send, work_recv = channel[list[Row]](max(16, run.workers))
+    # deep enough that the workers keep busy while the reader looks the next group of rows up
+    # in the store and parses it (a 16-64 item channel ran dry every 1,000 rows: the requests
+    # in flight fell to zero for 30-40 ms, 11 % of the run, at c64)
+    ahead = -(-LOOKUP_MIN // run.spec.limits.rows_per_request)
+    work_send, work_recv = channel[list[Row]](max(16, run.workers, ahead))
     out_send, out_recv = channel[Outcome | ResultRecord | BatchOutcome](4096)
     async with anyio.create_task_group() as tg:
         tg.start_soon(Writer(run).write, out_recv)
