@@ -106,6 +106,10 @@ def test_a_quarter_of_10000_rows_repeating_sends_only_the_distinct_texts(
     assert calls == results
     tokens = Usage(ledger["input"], ledger["cached"], ledger["output"], ledger["thinking"])
     assert calls == cost_usd(tokens, resolve_prices(spec))
+    # the cache keeps each distinct request once, with the tokens its one sending took (the
+    # copies answered from an answer stored in an earlier commit add no second entry)
+    kept = sql(db, "SELECT count(*), count(DISTINCT request_key), sum(input_tokens) FROM answers")
+    assert kept == [(distinct, distinct, ledger["input"])]
 
 
 def test_dedupe_false_sends_every_row(
