@@ -25,7 +25,10 @@ from pipeline.sources import Frame, read_frames
 from pipeline.tasks.base import estimate_tokens
 from pipeline.tasks.custom import CustomTask
 
-LOOKUP_MIN = 1_000  # rows per resume lookup (the anti-join) while work is being found
+# rows per resume lookup (the anti-join) while work is being found. Each lookup is a trip to
+# the store's thread, and each such trip costs the event loop (DuckDB's client takes the GIL
+# back several times per call): 4,096-row groups ran c64 3 % faster than 1,000-row ones
+LOOKUP_MIN = 4_096
 LOOKUP_MAX = 131_072
 
 
