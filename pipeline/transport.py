@@ -46,7 +46,8 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-# only the headers flow control reads; copying all of them costs time per request
+# only the headers flow control reads, and only on a refusal (not a 200); copying all of them
+# costs time per request
 _KEPT_HEADERS = (
     "retry-after",
     "retry-after-ms",
@@ -92,11 +93,14 @@ class AiohttpTransport:
         try:
             async with self._client().request(method, url, data=body, headers=headers) as resp:
                 data = await resp.read()
+                status = resp.status
                 if all_headers:
                     kept = {k.lower(): v for k, v in resp.headers.items()}
+                elif status == 200:  # the delays matter only on a refusal
+                    kept = {}
                 else:
                     kept = {k: v for k in _KEPT_HEADERS if (v := resp.headers.get(k)) is not None}
-                return HttpResponse(resp.status, kept, data)
+                return HttpResponse(status, kept, data)
         except TimeoutError as exc:
             raise TransportError("timeout", str(exc) or "no answer within the timeout") from None
         except aiohttp.ServerDisconnectedError as exc:

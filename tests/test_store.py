@@ -79,6 +79,31 @@ def test_times_carried_as_epoch_seconds_are_stored_as_the_same_instants(tmp_path
         store.close()
 
 
+def test_costs_are_stored_exactly_to_twelve_places_and_rounded_past_them(tmp_path: Path) -> None:
+    exact, zero = result("a", "bug"), result("b", "bug")
+    exact.cost_usd = Decimal(126) * Decimal("0.10") / Decimal(1_000_000)  # 0.0000126
+    zero.cost_usd = Decimal(0)
+    long, sent = result("c", "bug"), call("c1", "c")
+    long.cost_usd = sent.cost_usd = Decimal("0.0000000000015")  # 13 places: rounds half even
+    long.saved_usd = Decimal("0.25")
+    store = Store(str(tmp_path / "s.duckdb"))
+    try:
+        store.write("j", [exact, zero, long], [sent])
+        stored = store.con.execute(
+            "SELECT row_id, cost_usd, saved_usd FROM results ORDER BY 1"
+        ).fetchall()
+        assert stored == [
+            ("a", Decimal("0.000012600000"), Decimal(0)),
+            ("b", Decimal(0), Decimal(0)),
+            ("c", Decimal("0.000000000002"), Decimal("0.25")),
+        ]
+        assert store.con.execute("SELECT cost_usd FROM calls").fetchall() == [
+            (Decimal("0.000000000002"),)
+        ]
+    finally:
+        store.close()
+
+
 def test_changed_keys_name_the_dotted_path() -> None:
     old = {"task": "classify", "classify": {"labels": ["a", "b"], "multi_label": False}}
     new = {"task": "classify", "classify": {"labels": ["a"], "multi_label": False}, "x": 1}
