@@ -170,7 +170,7 @@ class OnlineLane:
 
     async def _attempt(self, group: list[RowState], emit: Emit) -> list[list[RowState]]:
         self._refund(group)
-        probe = await self._admit()
+        probe = await self._admit() if self.gates.breaker.paused else False
         if probe is None:  # stopping while paused: the rows stay pending
             return []
         prompt, est_tokens = self.requests.prompt_for(group)
@@ -190,6 +190,8 @@ class OnlineLane:
         if up:
             assert self.escalate_to is not None
             await self.escalate_to.take(up, emit)
+        if not (verdict.retry or verdict.stop or verdict.off_flex):  # most calls: all final
+            return []
         return await self._act(group, verdict)
 
     async def _call(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -64,25 +63,57 @@ class AnswerFields:
             output = max(0, output - thinking)
         return Usage(max(0, prompt - cached), cached, output, thinking)
 
-    def replies(self, body: dict[str, Any]) -> Callable[..., Reply]:
+    def replies(self, body: dict[str, Any]) -> Replies:
         """Builds the Replies of one 200 answer with its usage, model version and id fixed."""
-        return partial(
-            Reply,
-            http_status=200,
-            usage=self.usage_of(body.get(self.usage)),
-            model_version=body.get(self.version),
-            response_id=body.get(self.response_id),
+        usage = self.usage_of(body.get(self.usage))
+        return Replies(usage, body.get(self.version), body.get(self.response_id))
+
+
+class Replies:
+    """The Replies of one 200 answer: its usage, model version and response id fixed, the
+    rest named (explicit keywords: a `partial` merging them cost ~1 µs a call)."""
+
+    __slots__ = ("model_version", "response_id", "usage")
+
+    def __init__(self, usage: Usage, model_version: str | None, response_id: str | None):
+        self.usage = usage
+        self.model_version = model_version
+        self.response_id = response_id
+
+    def __call__(
+        self,
+        kind: ReplyKind,
+        *,
+        text: str | None = None,
+        error_class: ErrorClass | None = None,
+        error: str | None = None,
+        block: dict[str, Any] | None = None,
+    ) -> Reply:
+        return Reply(
+            kind,
+            200,
+            self.usage,
+            text,
+            error_class,
+            error,
+            None,
+            block,
+            self.model_version,
+            self.response_id,
         )
 
 
 def _count(raw: dict[str, Any], path: tuple[str, ...]) -> int:
     """The token count at `path` below a usage object; 0 where it is missing."""
-    value: Any = raw
-    for key in path:
-        if not isinstance(value, dict):
-            return 0
-        value = value.get(key)
-    return int(value or 0)
+    if len(path) == 1:  # most counts sit right in the usage object
+        value = raw.get(path[0])
+    else:
+        value = raw
+        for key in path:
+            if not isinstance(value, dict):
+                return 0
+            value = value.get(key)
+    return value if type(value) is int else int(value or 0)
 
 
 class Provider(Protocol):

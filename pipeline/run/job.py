@@ -254,15 +254,12 @@ class JobRun:
     async def work(
         self, items: ObjectReceiveStream[list[Row]], out: ObjectSendStream[Outcome | ResultRecord]
     ) -> None:
-        async def emit(outcome: Outcome) -> None:
-            await out.send(outcome)
-
         async with items, out:
             async for rows in items:
                 if self.stopping():
                     continue
                 try:
-                    await self.online.process(rows, emit)
+                    await self.online.process(rows, out.send)
                 except StopDispatch as stop:
                     self.request_stop(stop.reason, str(stop))
 

@@ -181,6 +181,9 @@ class Packer:
         self.tokens = 0
 
     async def add(self, row: Row) -> None:
+        if self.per_request == 1:  # nothing to pack
+            await self.work.send([row])
+            return
         tokens = estimate_tokens(row.text or "")
         if self.pack and self.tokens + tokens > self.MAX_TOKENS:
             await self.flush()
