@@ -245,6 +245,13 @@ def bench_memory(sec: Section) -> None:
         "alone took 7-10 ms per 500-row commit at 1M answers, on key_hash and request_key 48-68"
     )
     sec.note(
+        "resume lookups take at most 65,536 candidate rows, since DuckDB builds each lookup's "
+        "hash table from them (131,072: the 1M CSV.gz resume-skip peaked at 315-348 MiB, "
+        "1.20-1.29; 65,536: 270-293 MiB, 1.01-1.09 in four runs alone), and CSV is parsed in "
+        "256 KiB blocks (a 1M-row CSV.gz read alone climbed from 184 to 214 MiB over its first "
+        "300k rows with 1 MiB blocks and stayed at 174 with 256 KiB; 2026-12-03)"
+    )
+    sec.note(
         "Parquet is read in 1000-row frames (as JSONL) on the reading thread (use_threads="
         "False): with 8192-row frames and Arrow's thread pool a 1M Parquet run peaked at "
         "374-397 MiB (100k: 336); reading 1M rows alone peaked at 185 MiB with the thread pool "
