@@ -17,9 +17,10 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.catalog import model_limits
+from pipeline.core.pricing import Prices, cost_usd
 from pipeline.core.records import Row
 from pipeline.core.usage import Usage
-from pipeline.pricing import Prices, cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.sampling import THINKING_RATIO, read_sample, sample_tokens
 from pipeline.spec import JobSpec
 from pipeline.tasks.base import Task, estimate_tokens

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pipeline.core.pricing import Prices, cost_usd
 from pipeline.core.records import ResultRecord, Row
 from pipeline.core.usage import ZERO, Usage
 from pipeline.dedupe import kept_fields
-from pipeline.pricing import Prices, cost_usd
 
 
 @dataclass(frozen=True, slots=True)

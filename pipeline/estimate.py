@@ -11,8 +11,9 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.autopack import choose_packing
+from pipeline.core.pricing import LANE_FACTOR, cost_usd, lane_prices
 from pipeline.core.usage import Usage
-from pipeline.pricing import LANE_FACTOR, cost_usd, lane_prices, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.sampling import THINKING_RATIO, read_sample, sample_tokens
 from pipeline.sources import count_rows_fast
 from pipeline.spec import JobSpec

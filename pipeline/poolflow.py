@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 
 import anyio
 
+from pipeline.core.limits import Clock
 from pipeline.core.records import StopDispatch, StopReason
 from pipeline.errors import SpecError
-from pipeline.limits import Clock
 from pipeline.pools import STOCK_SECONDS, Grant, PoolSpec, PoolState, QuotaPolicy, Report
 
 Lease = Callable[[int, int, Report], Awaitable[Grant]]

@@ -22,8 +22,9 @@ from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipeline.core.limits import PACING, AcceptedRate, Aimd, Clock, TokenBucket
 from pipeline.errors import SpecError
-from pipeline.limits import PACING, AcceptedRate, Aimd, Clock, CooldownGate, TokenBucket
+from pipeline.limits import CooldownGate
 
 BLOCK_SECONDS = 0.25  # a lease is at most this much of the pool's rate
 STOCK_SECONDS = 0.5  # leased capacity not used within this long goes back (a gate may close)

@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.pricing import MILLION, Prices, lane_prices
 from pipeline.errors import FlashpipeError, UsageError
-from pipeline.pricing import MILLION, Prices, lane_prices, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.spec import load_spec
 from pipeline.store import Store
 

@@ -7,9 +7,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from pipeline.autopack import choose_packing, pick
+from pipeline.core.pricing import cost_usd
 from pipeline.core.usage import Usage
 from pipeline.estimate import estimate
-from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.sampling import read_sample
 from pipeline.simproc import SimProcess
 from pipeline.tasks import build_task

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+from pipeline.core.pricing import cost_usd, lane_prices
 from pipeline.core.usage import Usage
-from pipeline.pricing import cost_usd, lane_prices, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.simproc import SimProcess
 from tests.support import ledger_usage, run_cli, run_rows, sql, ticket_rows
 

@@ -9,7 +9,8 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.budget import Budget, BudgetHolder, ShareAnswer, ShareBudget, ShareReport
+from pipeline.budget import Budget, ShareBudget
+from pipeline.core.budget import BudgetHolder, ShareAnswer, ShareReport
 
 D = Decimal
 

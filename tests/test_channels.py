@@ -11,10 +11,11 @@ import orjson
 import pytest
 
 from pipeline.catalog import Channel, channel_of
+from pipeline.core.pricing import cost_usd
 from pipeline.core.reply import Prompt, Shape
 from pipeline.core.usage import Usage
 from pipeline.errors import SpecError
-from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.providers.gemini import GeminiProvider
 from pipeline.simproc import SimProcess
 from tests.support import (

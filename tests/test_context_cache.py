@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from pipeline.core.pricing import MILLION, Prices, context_cache_cost, cost_usd
 from pipeline.core.usage import Usage
 from pipeline.errors import SpecError
-from pipeline.pricing import MILLION, Prices, context_cache_cost, cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.reports import cost_report
 from pipeline.simproc import SimProcess
 from pipeline.spec import JobSpec

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from pipeline.core.pricing import cost_usd, lane_prices
 from pipeline.core.records import ResultRecord, Row
 from pipeline.core.usage import Usage
 from pipeline.dedupe import Dedupe, input_hash, request_key, row_hashes, split_cost
-from pipeline.pricing import cost_usd, lane_prices, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.simproc import SimProcess
 from tests.support import ledger_usage, make_spec, run_rows, sql, ticket_rows, write_jsonl
 

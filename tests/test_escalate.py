@@ -9,10 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from pipeline.core.pricing import cost_usd
 from pipeline.core.usage import Usage
 from pipeline.errors import SpecError
 from pipeline.escalate import escalation_spec
-from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.simproc import SimProcess
 from tests.support import make_spec, read_ledger, run_cli, run_sync, sql, ticket_rows, write_jsonl
 

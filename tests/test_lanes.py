@@ -15,7 +15,8 @@ import pytest
 from google import genai
 from google.genai import types
 
-from pipeline.pricing import MILLION, PRICE_TABLE, lane_prices
+from pipeline.core.pricing import MILLION, lane_prices
+from pipeline.pricing import PRICE_TABLE
 from pipeline.simproc import SimProcess
 from tests.support import (
     env,

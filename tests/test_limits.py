@@ -5,8 +5,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.core.limits import Aimd, TokenBucket
 from pipeline.core.retry import Action, ErrorClass, RetryPolicy
-from pipeline.limits import Aimd, TokenBucket
 
 
 class Clock:
@@ -133,7 +133,7 @@ def test_a_429_retry_waits_the_servers_delay_without_burning_an_attempt() -> Non
 
 
 def test_pressure_counts_responses_so_slow_jobs_feel_it_too() -> None:
-    from pipeline.limits import Pressure
+    from pipeline.core.limits import Pressure
 
     pressure = Pressure()
     for i in range(50):  # one in ten rejected: a quota overrun, whatever the request rate
@@ -157,7 +157,7 @@ def test_under_pressure_the_rate_falls_every_5_s_even_with_long_server_delays() 
 
 
 def test_accepted_rate_is_the_busiest_minute_of_the_last_few() -> None:
-    from pipeline.limits import AcceptedRate
+    from pipeline.core.limits import AcceptedRate
 
     rate = AcceptedRate()
     for i in range(300):  # 300 accepted in the first 10 s, then a quiet gate

@@ -4,8 +4,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.catalog import Channel, canonical_model, channel_of
+from pipeline.core.pricing import cost_usd
 from pipeline.core.usage import Usage
-from pipeline.pricing import PRICE_TABLE, cost_usd
+from pipeline.pricing import PRICE_TABLE
 
 FLASH_LITE = PRICE_TABLE[("gemini-3.1-flash-lite-preview", Channel.GEMINI_API)]
 tokens = st.integers(min_value=0, max_value=10**9)

@@ -20,9 +20,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from pipeline.core.pricing import cost_usd
 from pipeline.core.usage import Usage
 from pipeline.errors import BudgetExhausted, SpecError
-from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.simproc import SimProcess
 from tests.support import (
     ROOT,

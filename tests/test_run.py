@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.pricing import cost_usd
 from pipeline.core.usage import Usage
 from pipeline.errors import BudgetExhausted, ProviderStop
-from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.simproc import SimProcess
 from tests.support import (
     ledger_usage,

@@ -28,7 +28,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from pipeline.auth import KeyAuth
-from pipeline.budget import NO_ANSWER, BudgetHolder
+from pipeline.core.budget import NO_ANSWER, BudgetHolder
 from pipeline.core.records import Outcome, ResultRecord, Row, StopReason
 from pipeline.dist import require_ray
 from pipeline.dist.broker import QuotaBroker

@@ -24,7 +24,8 @@ import pyarrow as pa
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pipeline.budget import NO_ANSWER, Budget, ShareAnswer, ShareBudget, ShareReport
+from pipeline.core.budget import NO_ANSWER, ShareAnswer, ShareReport
+from pipeline.budget import Budget, ShareBudget
 from pipeline.catalog import model_limits
 from pipeline.core.breaker import Breaker, BreakerConfig
 from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing

@@ -22,6 +22,7 @@ import anyio
 from pipeline.auth import Auth
 from pipeline.budget import Budget
 from pipeline.core.breaker import Breaker, BreakerState, Signal
+from pipeline.core.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices
 from pipeline.core.records import (
     Lane,
     Outcome,
@@ -38,7 +39,6 @@ from pipeline.core.verdict import Judge, Trigger, Verdict, charge
 from pipeline.errors import ProviderStop
 from pipeline.lanes.requests import Requests
 from pipeline.limits import Flow
-from pipeline.pricing import LANE_FACTOR, Prices, cost_usd, lane_prices
 from pipeline.providers.base import Provider
 from pipeline.transport import Transport, TransportError
 

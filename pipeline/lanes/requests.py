@@ -7,11 +7,11 @@ import itertools
 from collections.abc import Sequence
 from decimal import Decimal
 
+from pipeline.core.pricing import Prices, worst_case_cost
 from pipeline.core.records import CallRecord, Lane, Row, RowState
 from pipeline.core.reply import Prompt, Reply, Shape
 from pipeline.core.verdict import Output, Verdict
 from pipeline.feedback import with_feedback
-from pipeline.pricing import Prices, worst_case_cost
 from pipeline.tasks.base import Task, estimate_tokens
 from pipeline.tasks.packing import match_pack, packed_shape, render_pack
 

@@ -25,6 +25,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from pipeline.budget import Budget
+from pipeline.core.pricing import cost_usd
 from pipeline.core.records import (
     BatchClose,
     BatchRow,
@@ -54,7 +55,6 @@ from pipeline.lanes.api import (
     RemoteBatch,
 )
 from pipeline.lanes.online import Asking, Emit
-from pipeline.pricing import cost_usd
 from pipeline.providers.base import Provider
 from pipeline.spec import BatchSpec
 

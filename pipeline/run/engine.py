@@ -18,6 +18,7 @@ import anyio
 
 from pipeline.auth import Auth
 from pipeline.autopack import with_auto_packing
+from pipeline.core.pricing import context_cache_cost
 from pipeline.core.records import (
     CallOutcome,
     CallRecord,
@@ -38,7 +39,7 @@ from pipeline.errors import (
 )
 from pipeline.lanes.build import build_auth
 from pipeline.lanes.runner import BatchOutcome
-from pipeline.pricing import context_cache_cost, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.progress import ProgressReporter
 from pipeline.providers import context_cache
 from pipeline.run.channel import channel

@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.pricing import cost_usd
 from pipeline.core.usage import Usage
-from pipeline.pricing import cost_usd, resolve_prices
+from pipeline.pricing import resolve_prices
 from pipeline.simproc import SimProcess
 from pipeline.spec import load_spec
 from tests.bench import data, measure
