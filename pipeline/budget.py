@@ -3,6 +3,9 @@
 Calls in flight can therefore never push spend past the cap. A reservation that does not fit
 waits while other calls are in flight (their settling usually frees most of what they held);
 only when nothing is in flight and it still does not fit is the budget exhausted.
+
+Budget is one process's; ShareBudget is a Ray worker's share of a capped budget, granted by the
+driver's BudgetHolder (pipeline/core/budget.py, pure, with the messages between the two).
 """
 
 from __future__ import annotations

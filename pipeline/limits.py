@@ -1,6 +1,12 @@
-"""Flow control shared by all workers of a job: the FIFO limiters over the RPM/TPM buckets,
-the cool-down gate a 429 closes, and AIMD, waiting with anyio on the pure policies of
-pipeline/core/limits.py.
+"""Flow control shared by all workers of a job, waiting with anyio on the pure policies of
+pipeline/core/limits.py: FifoLimiter (the RPM and TPM buckets' FIFO front, reserve/settle),
+CooldownGate (closed by a 429 for the server's delay), FlowControl (one job's limiters, gate,
+Aimd, Pressure and AcceptedRate) and Flow, what a lane asks of it.
+
+aiolimiter was measured and replaced (README, "Flow control"): it lets a full minute's quota
+through at once, serves small requests before large ones, cannot refund an over-estimate
+and cannot change its rate. FifoLimiter serves in arrival order, settles each reservation to
+what was used, can be re-rated, and takes a clock.
 """
 
 from __future__ import annotations
@@ -10,7 +16,15 @@ from typing import Protocol
 
 import anyio
 
-from pipeline.core.limits import PACING, AcceptedRate, Aimd, Clock, Pressure, TokenBucket
+from pipeline.core.limits import (
+    PACING,
+    AcceptedRate,
+    Aimd,
+    Clock,
+    Cooldown,
+    Pressure,
+    TokenBucket,
+)
 
 
 class FifoLimiter:
@@ -41,22 +55,8 @@ class FifoLimiter:
         self.bucket.set_rate(rate, max(1.0, rate * self._window))
 
 
-class CooldownGate:
+class CooldownGate(Cooldown):
     """Closed by a 429 for the server's delay; every worker waits before its next send."""
-
-    def __init__(self, clock: Clock):
-        self._clock = clock
-        self.closed_until = 0.0
-        self.closures = 0
-
-    def close_for(self, seconds: float) -> None:
-        until = self._clock() + seconds
-        if until > self.closed_until:
-            self.closed_until = until
-            self.closures += 1
-
-    def remaining(self) -> float:
-        return max(0.0, self.closed_until - self._clock())
 
     async def wait(self) -> None:
         while (left := self.remaining()) > 0:

@@ -22,9 +22,8 @@ from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipeline.core.limits import PACING, AcceptedRate, Aimd, Clock, TokenBucket
+from pipeline.core.limits import PACING, AcceptedRate, Aimd, Clock, Cooldown, TokenBucket
 from pipeline.errors import SpecError
-from pipeline.limits import CooldownGate
 
 BLOCK_SECONDS = 0.25  # a lease is at most this much of the pool's rate
 STOCK_SECONDS = 0.5  # leased capacity not used within this long goes back (a gate may close)
@@ -143,7 +142,7 @@ class Grant:
 class SharedPressure:
     """Share of 429s among the responses of the last second, from every worker (pure).
 
-    One process counts its last 50 responses in order (limits.Pressure); a pool's workers
+    One process counts its last 50 responses in order (core.limits.Pressure); a pool's workers
     report in batches, and a batch of one worker's 200 OKs must not wipe out another worker's
     429s that came at the same time. So the same rule (at least 5 429s and 10 % of responses)
     is applied over a short span of time instead of a count."""
@@ -196,7 +195,7 @@ class QuotaPolicy:
         # replaces already let through this minute
         self.requests = _bucket(spec.rpm, clock)
         self.tokens = _bucket(spec.tpm, clock)
-        self.gate = CooldownGate(clock)
+        self.gate = Cooldown(clock)
         self.aimd = Aimd(float(spec.rpm)) if spec.rpm > 0 else None
         self.pressure = SharedPressure(clock)
         self.accepted = AcceptedRate()

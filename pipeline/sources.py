@@ -30,7 +30,8 @@ BATCH_ROWS = 1000
 # rows per Parquet frame, as for JSONL: 8192-row frames put 8192 rows at once through the
 # engine (rows, keys, lookups) and a 1M-row run peaked at 374-397 MiB against 335 with 1000
 PARQUET_FRAME_ROWS = BATCH_ROWS
-# bytes of CSV per parsed block (about 1,000 rows of tickets). Reading a 1M-row CSV.gz alone
+# bytes of CSV per parsed block (about 3,500 rows of the bench's tickets; the first one types
+# the columns). Reading a 1M-row CSV.gz alone
 # with 1 MiB blocks climbed from 184 to 214 MiB over its first 300k rows (a 200k file stayed at
 # 184), so its resume-skip pair read 1.20-1.29; with 256 KiB blocks both stayed at 174 MiB
 CSV_BLOCK = 1 << 18

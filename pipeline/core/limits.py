@@ -1,10 +1,6 @@
-"""Rate-limit policies, pure over an injected clock: the token bucket, AIMD, the accepted rate
-and the 429 pressure. Nothing here sleeps; pipeline/limits.py waits on them.
-
-aiolimiter was measured and replaced (README, "Flow control"): it lets a full minute's quota
-through at once, serves small requests before large ones, cannot refund an over-estimate
-and cannot change its rate. This bucket is FIFO (its front), reserve/settle, re-ratable, and
-takes a clock.
+"""Rate-limit policies, pure over an injected clock: the token bucket (with debt and refunds,
+re-ratable), AIMD, the accepted rate, the 429 pressure and the cool-down. Nothing here sleeps:
+pipeline/limits.py waits on them.
 """
 
 from __future__ import annotations
@@ -178,3 +174,21 @@ class Pressure:
 
     def high(self) -> bool:
         return self._limited >= self._min_limited and self._limited >= self._share * len(self._last)
+
+
+class Cooldown:
+    """Closed by a 429 for the server's delay (pure: when it opens again, how often it closed)."""
+
+    def __init__(self, clock: Clock):
+        self._clock = clock
+        self.closed_until = 0.0
+        self.closures = 0
+
+    def close_for(self, seconds: float) -> None:
+        until = self._clock() + seconds
+        if until > self.closed_until:
+            self.closed_until = until
+            self.closures += 1
+
+    def remaining(self) -> float:
+        return max(0.0, self.closed_until - self._clock())

@@ -11,7 +11,7 @@ reported as rows that may have been paid twice.
 
 A capped budget stays the driver's: a `BudgetHolder` grants each worker blocks of it with the
 answer to its drains, and a worker's calls spend only what it was granted, so the workers
-together cannot be billed past `budget.max_usd` (see pipeline.budget).
+together cannot be billed past `budget.max_usd` (see pipeline/core/budget.py).
 """
 
 from __future__ import annotations
@@ -417,7 +417,9 @@ async def run_on_ray(
                     tg.start_soon(ray_run.drive, slot, work, out)
             if not ray_run.finished() and not run.stopping():
                 # no worker left to send the rest: stop resumable, the rows stay pending
-                run.request_stop(StopReason.PROVIDER, "every Ray worker was lost; run the job again")
+                run.request_stop(
+                    StopReason.PROVIDER, "every Ray worker was lost; run the job again"
+                )
                 await _discard(work)
         if ray_run.unknown_bound and run.stop_message is None:
             run.stop_message = (

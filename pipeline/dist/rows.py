@@ -34,8 +34,13 @@ def encode_packs(packs: Sequence[Sequence[Row]]) -> pa.RecordBatch:
             texts.append(row.text)
             fields.append(orjson.dumps(row.fields))
     return pa.RecordBatch.from_arrays(
-        [pa.array(numbers, pa.int32()), pa.array(ids), pa.array(positions), pa.array(texts),
-         pa.array(fields, pa.binary())],
+        [
+            pa.array(numbers, pa.int32()),
+            pa.array(ids),
+            pa.array(positions),
+            pa.array(texts),
+            pa.array(fields, pa.binary()),
+        ],
         schema=SCHEMA,
     )
 

@@ -24,19 +24,15 @@ import pyarrow as pa
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pipeline.core.budget import NO_ANSWER, ShareAnswer, ShareReport
 from pipeline.budget import Budget, ShareBudget
-from pipeline.catalog import model_limits
 from pipeline.core.breaker import Breaker, BreakerConfig
-from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing
-from pipeline.core.records import Outcome, StopDispatch
+from pipeline.core.budget import NO_ANSWER, ShareAnswer, ShareReport
+from pipeline.core.records import Outcome, Row, StopDispatch
 from pipeline.dist.rows import decode_packs
 from pipeline.errors import FlashpipeError
+from pipeline.lanes.online import Client, Gates, InFlightCounter, OnlineLane, Routing
 from pipeline.poolflow import PoolClient, PooledAuth, PooledFlow, pool_headers
 from pipeline.pools import Grant, PoolSpec, Report
-from pipeline.pricing import resolve_prices
-from pipeline.core.retry import RetryPolicy
-from pipeline.core.records import Row
 from pipeline.spec import load_spec
 from pipeline.tasks import build_task
 from pipeline.transport import AiohttpTransport
@@ -251,4 +247,3 @@ def _broker_lease(broker: Any) -> Any:
         return grant
 
     return lease
-

@@ -30,8 +30,8 @@ from pipeline.tasks.custom import CustomTask
 # back several times per call): 4,096-row groups ran c64 3 % faster than 1,000-row ones
 LOOKUP_MIN = 4_096
 # DuckDB builds each lookup's hash table from its group, so the group bounds the memory of a
-# resume: skipping 1M stored CSV.gz rows peaked at 315-332 MiB with 131,072-row groups and
-# 275-291 with 65,536 (200k rows: 266-275 either way), for 0.1 s more over the million
+# resume: skipping 1M stored CSV.gz rows peaked at 315-348 MiB with 131,072-row groups and
+# 270-310 with 65,536 (200k rows: 255-275 either way), for 0.1 s more over the million
 LOOKUP_MAX = 65_536
 
 

@@ -114,6 +114,7 @@ def bench_limiter(sec: Section) -> None:
         "2 s; in flashpipe's limiter it waits its turn behind what queued before it. aiolimiter starts with a full bucket and serves the smallest waiter first; it also "
         "has no refund for an over-estimated reservation (flashpipe settles every call to its "
         "billed tokens) and its rate cannot be changed at run time (AIMD needs that), so "
-        "`pipeline/limits.py` is a FIFO token bucket of about one second of capacity with "
-        "reserve/settle and set_rate, over an injected clock"
+        "`pipeline/limits.py`'s FifoLimiter serves in arrival order over core/limits.py's token "
+        "bucket of about one second of capacity, with reserve/settle and set_rate, over an "
+        "injected clock"
     )

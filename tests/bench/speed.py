@@ -135,14 +135,13 @@ def bench_latency(sec: Section, rows: int = 30_000) -> None:
                 f"  c{conc}, 200 ms: flashpipe steady rows/s vs the bare loop",
                 f"{steady:,.0f} rows/s",
                 f"{bare.rate:,.0f} req/s",
-                steady / bare.rate,
+                _ratio(steady, bare.rate),
             )
         sec.note(
             "at c1024 the ideal (5,120 req/s) is past what one simulator process serves with "
             "200 ms sleeps beside a client on the other core, so the bare loop is the ceiling "
-            "to read it against (2026-12-03: bare 4,035-4,104 req/s, flashpipe 3,450-3,465 "
-            "rows/s steady, 0.84-0.86; the whole bench before read 0.44 of ideal with no loop "
-            "beside it)"
+            "to read it against: a share of ideal alone moved 0.44-0.68 between runs on "
+            "2026-12-03, flashpipe against the loop 0.84-0.92"
         )
         sec.note(
             "flashpipe is CPU-bound on one core while the simulator takes the other, so this "

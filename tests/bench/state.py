@@ -247,7 +247,8 @@ def bench_memory(sec: Section) -> None:
     sec.note(
         "resume lookups take at most 65,536 candidate rows, since DuckDB builds each lookup's "
         "hash table from them (131,072: the 1M CSV.gz resume-skip peaked at 315-348 MiB, "
-        "1.20-1.29; 65,536: 270-293 MiB, 1.01-1.09 in four runs alone), and CSV is parsed in "
+        "1.20-1.29; 65,536: 270-293 MiB, 1.01-1.09, in four runs alone, and 310 MiB, 1.15, in "
+        "the bench beside the rpm bench), and CSV is parsed in "
         "256 KiB blocks (a 1M-row CSV.gz read alone climbed from 184 to 214 MiB over its first "
         "300k rows with 1 MiB blocks and stayed at 174 with 256 KiB; 2026-12-03)"
     )
