@@ -43,16 +43,23 @@ class Budget:
         while not self.try_reserve(amount):
             if self.reserved == 0:
                 return False
-            self._waiting += 1
-            try:
-                await self._settled.wait()
-            finally:
-                self._waiting -= 1
+            await self._next_settle()
         return True
 
     def settle(self, reserved: Decimal, actual: Decimal) -> None:
         self.reserved -= reserved
         self.spent += actual
+        self._wake()
+
+    async def _next_settle(self) -> None:
+        """Wait until a call settles (or the share hears from the driver)."""
+        self._waiting += 1
+        try:
+            await self._settled.wait()
+        finally:
+            self._waiting -= 1
+
+    def _wake(self) -> None:
         if self._waiting:  # an Event per settle would cost every call; only wake real waiters
             self._settled.set()
             self._settled = anyio.Event()
@@ -87,11 +94,7 @@ class ShareBudget(Budget):
             if amount > self.asking:
                 self.asking = amount
                 self.told = False
-            self._waiting += 1
-            try:
-                await self._settled.wait()
-            finally:
-                self._waiting -= 1
+            await self._next_settle()
         left = self.left
         if left is not None and left < amount * self.low_water:
             self.ahead = max(self.ahead, amount)
@@ -126,8 +129,3 @@ class ShareBudget(Budget):
             self.cap -= returned
         self.told = self.asking > 0
         return ShareReport(self.spent, self.reserved, self.asking, self.ahead, returned)
-
-    def _wake(self) -> None:
-        if self._waiting:
-            self._settled.set()
-            self._settled = anyio.Event()
